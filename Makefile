@@ -1,0 +1,45 @@
+# The two commands a newcomer needs:
+#   make run WORKERS=2   set up everything, then serve the page on http://127.0.0.1:8000/
+#   make test            set up everything, then run the whole test suite
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+WORKERS ?= 2
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: run test test-fast bench services browser models setup-run setup-dev worker lint clean
+
+run: setup-run services
+	$(PY) scripts/run_stack.py --workers $(WORKERS)
+
+# One more worker in the foreground, e.g. in a second terminal, to scale out.
+worker: setup-run
+	$(PY) -m classifier
+
+test: setup-dev services browser models
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup-dev services models
+	$(PY) -m perf.bench
+
+setup-run:
+	scripts/setup_venv.sh run
+
+setup-dev:
+	scripts/setup_venv.sh dev
+
+services:
+	python3 scripts/ensure_services.py
+
+browser:
+	scripts/ensure_browser.sh
+
+# The offline model the tests serve (EfficientNet-Lite0, fp32 and int8).
+models: setup-dev
+	@test -f models/efficientnet-lite0-int8.onnx || $(PY) -m converter efficientnet-lite0 --int8
+
+lint: setup-dev
+	$(VENV)/bin/hadolint */Dockerfile
+	docker-compose -f docker-compose.yml config -q
+
+clean:
+	rm -rf $(VENV) models uploads feedback .pytest_cache

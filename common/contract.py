@@ -1,0 +1,159 @@
+"""The message contract between the gateway and the classifier workers.
+
+This module is the single owner of every name that crosses a process boundary:
+queue names, AMQP headers, the reply schema and the Redis cache key. Both sides
+import it; it imports only the standard library so that either side can.
+See ../shared/DESIGN.md for the prose version.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+CONTRACT_VERSION = "v1"
+
+DEFAULT_QUEUE = "classify"
+
+# AMQP message headers on a request.
+HEADER_SHA256 = "sha256"
+HEADER_DEADLINE_MS = "deadline_ms"
+HEADER_TOP_K = "top_k"
+
+MIN_TOP_K = 1
+MAX_TOP_K = 5
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def dead_letter_queue(queue: str) -> str:
+    """Name of the queue that collects ``queue``'s rejected and poison jobs."""
+    return f"{queue}.dead"
+
+
+def cache_key(model_version: str, sha256: str) -> str:
+    """Redis key of a cached success reply: one model's answer for one image."""
+    return f"clf:{CONTRACT_VERSION}:{model_version}:{sha256}"
+
+
+def model_announcement_key(queue: str) -> str:
+    """Redis key where workers announce the model they serve on ``queue``.
+
+    The gateway reads it to know which model version's cache entries are valid
+    before it has seen a single reply.
+    """
+    return f"clf:{CONTRACT_VERSION}:model:{queue}"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ErrorCode(StrEnum):
+    """Why a worker could not classify a job."""
+
+    INVALID_IMAGE = "invalid_image"
+    EXPIRED = "expired"
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Which model answered: its name and the 12-hex-digit SHA-256 prefix of its file."""
+
+    name: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One ranked class of a reply."""
+
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class SuccessReply:
+    """A worker's answer for one image; also the value stored in the Redis cache."""
+
+    sha256: str
+    model: ModelInfo
+    top: list[Prediction]
+    inference_ms: float
+    batch_size: int
+    ok: bool = field(default=True, init=False)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class FailureReply:
+    """A worker's refusal: ``code`` is machine-readable, ``message`` is for a human."""
+
+    code: ErrorCode
+    message: str
+    ok: bool = field(default=False, init=False)
+
+    def to_json(self) -> bytes:
+        payload = {"ok": False, "error": {"code": str(self.code), "message": self.message}}
+        return json.dumps(payload, separators=(",", ":")).encode()
+
+
+Reply = SuccessReply | FailureReply
+
+
+class ContractError(ValueError):
+    """A message that does not follow this contract."""
+
+
+def parse_reply(body: bytes) -> Reply:
+    """Decode a reply (or a cache entry) into its typed form."""
+    try:
+        data: dict[str, Any] = json.loads(body)
+        if data["ok"]:
+            return SuccessReply(
+                sha256=data["sha256"],
+                model=ModelInfo(**data["model"]),
+                top=[Prediction(**p) for p in data["top"]],
+                inference_ms=float(data["inference_ms"]),
+                batch_size=int(data["batch_size"]),
+            )
+        error = data["error"]
+        return FailureReply(code=ErrorCode(error["code"]), message=str(error["message"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ContractError(f"malformed reply: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class JobHeaders:
+    """The headers a request carries besides the standard AMQP properties."""
+
+    sha256: str
+    deadline_ms: int
+    top_k: int
+
+    def to_amqp(self) -> dict[str, Any]:
+        return {HEADER_SHA256: self.sha256, HEADER_DEADLINE_MS: self.deadline_ms, HEADER_TOP_K: self.top_k}
+
+    @classmethod
+    def from_amqp(cls, headers: dict[str, Any] | None) -> JobHeaders:
+        headers = headers or {}
+        try:
+            sha256 = str(headers[HEADER_SHA256])
+            deadline_ms = int(headers[HEADER_DEADLINE_MS])
+            top_k = int(headers.get(HEADER_TOP_K, MAX_TOP_K))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ContractError(f"missing or malformed job header: {exc}") from exc
+        if not SHA256_RE.match(sha256):
+            raise ContractError("header sha256 is not 64 lowercase hex digits")
+        return cls(sha256=sha256, deadline_ms=deadline_ms, top_k=min(max(top_k, MIN_TOP_K), MAX_TOP_K))
+
+    def ms_left(self, now: int | None = None) -> int:
+        return self.deadline_ms - (now_ms() if now is None else now)

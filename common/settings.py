@@ -1,0 +1,60 @@
+"""Configuration from environment variables, one place for every service.
+
+Each variable has a default that works on one machine with local RabbitMQ and
+Redis; the README's table documents them all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from common.contract import DEFAULT_QUEUE
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every tunable of the system; build it with :meth:`from_env`."""
+
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_name: str = DEFAULT_QUEUE
+    model_path: Path = Path("models/resnet50.onnx")
+    request_timeout_s: float = 10.0
+    max_upload_mb: float = 10.0
+    queue_max_length: int = 256
+    # Deliveries of one job before RabbitMQ dead-letters it (a job that kills workers).
+    delivery_limit: int = 3
+    cache_ttl_s: int = 86_400
+    max_batch: int = 8
+    batch_wait_ms: float = 2.0
+    ort_threads: int = os.cpu_count() or 1
+    prefetch: int = 16
+    upload_dir: Path = Path("uploads")
+    feedback_csv: Path = Path("feedback/feedback.csv")
+    port: int = 8000
+    host: str = "127.0.0.1"
+    # The gateway's bound on requests it holds at once; beyond it, 503 at once.
+    max_in_flight: int = 512
+    # Decoded images above this many pixels are refused (decompression bombs).
+    max_pixels: int = 40_000_000
+    worker_metrics_port: int = 9100
+    log_level: str = "INFO"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """Read ``FIELD_NAME`` (upper case) for each field; ``overrides`` win over both."""
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            default = f.default
+            values[f.name] = type(default)(raw) if not isinstance(default, Path) else Path(raw)
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]

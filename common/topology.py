@@ -1,0 +1,46 @@
+"""The RabbitMQ topology of the request queue, declared identically by gateway and workers.
+
+RabbitMQ refuses a re-declaration whose arguments differ (PRECONDITION_FAILED),
+so both sides must build the arguments here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+from common.contract import dead_letter_queue
+from common.settings import Settings
+
+# The dead-letter queue is for inspection; bound it so a flood of poison cannot fill the disk.
+DEAD_LETTER_MAX_LENGTH = 10_000
+
+def request_queue_arguments(settings: Settings) -> dict[str, Any]:
+    """Arguments of the request queue.
+
+    A quorum queue, because only quorum queues count deliveries: a job that
+    crashes worker after worker is dead-lettered after ``delivery_limit``
+    attempts instead of looping forever. ``reject-publish`` makes a full queue
+    nack the publish, which the gateway turns into an immediate 503.
+    """
+    return {
+        "x-queue-type": "quorum",
+        "x-max-length": settings.queue_max_length,
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": settings.delivery_limit,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": dead_letter_queue(settings.queue_name),
+    }
+
+async def declare_request_queue(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
+    """Declare the dead-letter queue and the request queue; return the request queue."""
+    await channel.declare_queue(
+        dead_letter_queue(settings.queue_name),
+        durable=True,
+        arguments={"x-max-length": DEAD_LETTER_MAX_LENGTH, "x-overflow": "drop-head"},
+    )
+    return await channel.declare_queue(
+        settings.queue_name, durable=True, arguments=request_queue_arguments(settings)
+    )
+
