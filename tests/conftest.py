@@ -6,6 +6,7 @@ need it fail loudly (they never skip): `make test` starts them first.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -23,7 +24,9 @@ from tests.support.processes import REPO_ROOT, ServiceProcess, free_port, start_
 DATA_DIR = REPO_ROOT / "tests" / "data"
 MODELS_DIR = Path(os.environ.get("TEST_MODELS_DIR", REPO_ROOT / "models"))
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# The stack tests use a Redis database of their own and empty it before each test,
+# so a result cached by an earlier run never turns a cache miss into a hit.
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 # One prefix per pytest session, so a run never deletes the queues of another run.
 TEST_QUEUE_PREFIX = f"test.{uuid.uuid4().hex[:6]}."
 
@@ -91,10 +94,24 @@ def lite0_int8_model() -> Path:
 
 
 @pytest.fixture
+def empty_cache(redis_url: str) -> str:
+    """The test Redis database, emptied."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_url
+
+
+@pytest.fixture
 def stack_env(
-    queue_name: str, rabbitmq_url: str, redis_url: str, lite0_model: Path, tmp_path: Path
+    queue_name: str, rabbitmq_url: str, empty_cache: str, lite0_model: Path, tmp_path: Path
 ) -> dict[str, object]:
-    """Environment for a gateway and its workers on this test's own queue and folders."""
+    """Environment for a gateway and its workers on this test's own queue, cache and folders."""
+    redis_url = empty_cache
     return {
         "RABBITMQ_URL": rabbitmq_url,
         "REDIS_URL": redis_url,
@@ -149,3 +166,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             rabbitmq_api.delete_queue(name)
     except OSError:
         pass
+
+
+@pytest.fixture(scope="session")
+def distinct_jpegs(photos: dict[str, Path]) -> list[bytes]:
+    """Distinct small JPEGs cut from the real photos, so that each one is a cache miss."""
+    from PIL import Image
+
+    sources = [Image.open(photos[name]).convert("RGB") for name in ("coffee", "chelsea", "astronaut")]
+    bodies: list[bytes] = []
+    for i in range(240):
+        image = sources[i % 3]
+        dx, dy = (i // 3) % 40, (i // 120) * 7
+        crop = image.crop((dx, dy, image.width - 40 + dx, image.height - 40 + dy)).resize((320, 240))
+        buffer = io.BytesIO()
+        crop.save(buffer, "JPEG", quality=85)
+        bodies.append(buffer.getvalue())
+    assert len(set(bodies)) == len(bodies)
+    return bodies

@@ -9,59 +9,74 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
-MANAGEMENT_URL = os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672")
-USER = os.environ.get("RABBITMQ_MANAGEMENT_USER", "guest")
-PASSWORD = os.environ.get("RABBITMQ_MANAGEMENT_PASSWORD", "guest")
 
+class ManagementAPI:
+    """The management API of one broker (default vhost)."""
 
-def _request(method: str, path: str) -> Any:
-    request = urllib.request.Request(f"{MANAGEMENT_URL}/api/{path}", method=method)
-    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        body = response.read()
-    return json.loads(body) if body else None
+    def __init__(self, url: str, user: str = "guest", password: str = "guest") -> None:
+        self.url = url.rstrip("/")
+        self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
+    def _request(self, method: str, path: str) -> Any:
+        request = urllib.request.Request(f"{self.url}/api/{path}", method=method)
+        request.add_header("Authorization", self._auth)
+        with urllib.request.urlopen(request, timeout=5) as response:
+            body = response.read()
+        return json.loads(body) if body else None
 
-def _queue_path(name: str) -> str:
-    return f"queues/%2F/{urllib.parse.quote(name, safe='')}"
+    @staticmethod
+    def _queue_path(name: str) -> str:
+        return f"queues/%2F/{urllib.parse.quote(name, safe='')}"
 
+    def queue(self, name: str) -> dict[str, Any]:
+        """The API's view of a queue: consumers, messages, messages_unacknowledged, ..."""
+        return self._request("GET", self._queue_path(name))
 
-def queue(name: str) -> dict[str, Any]:
-    """The management API's view of a queue (consumers, messages, messages_unacknowledged, ...)."""
-    return _request("GET", _queue_path(name))
-
-
-def consumers(name: str) -> list[dict[str, Any]]:
-    """The consumers of one queue, each with its channel details."""
-    return [c for c in _request("GET", "consumers/%2F") if c["queue"]["name"] == name]
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.5, what: str = "condition") -> Any:
-    """Poll the API until predicate() returns something truthy (its stats lag by ~1-5 s)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
+    def delete_queue(self, name: str) -> None:
         try:
-            last = predicate()
-        except (urllib.error.URLError, KeyError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"management API: no {what} after {timeout} s (last: {last!r})")
+            self._request("DELETE", self._queue_path(name))
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+
+    def list_queues(self, prefix: str) -> list[str]:
+        names = [q["name"] for q in self._request("GET", "queues/%2F?columns=name")]
+        return [name for name in names if name.startswith(prefix)]
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+        """Poll until predicate() is truthy; the API's statistics lag by a few seconds."""
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = predicate()
+            except (urllib.error.URLError, KeyError) as exc:
+                last = exc
+            else:
+                if last:
+                    return last
+            time.sleep(0.5)
+        raise AssertionError(f"management API: no {what} after {timeout} s (last: {last!r})")
+
+    def wait_until_drained(self, name: str, timeout: float = 30) -> dict[str, Any]:
+        """Wait until the queue holds no ready and no unacknowledged message."""
+        return self.wait_for(
+            lambda: (q := self.queue(name))["messages"] == 0 and q["messages_unacknowledged"] == 0 and q,
+            timeout,
+            f"empty queue {name}",
+        )
 
 
-def delete_queue(name: str) -> None:
-    try:
-        _request("DELETE", _queue_path(name))
-    except urllib.error.HTTPError as exc:
-        if exc.code != 404:
-            raise
-
-
-def list_queues(prefix: str) -> list[str]:
-    return [q["name"] for q in _request("GET", "queues/%2F?columns=name") if q["name"].startswith(prefix)]
+DEFAULT = ManagementAPI(
+    os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672"),
+    os.environ.get("RABBITMQ_MANAGEMENT_USER", "guest"),
+    os.environ.get("RABBITMQ_MANAGEMENT_PASSWORD", "guest"),
+)
+queue = DEFAULT.queue
+delete_queue = DEFAULT.delete_queue
+list_queues = DEFAULT.list_queues
+wait_for = DEFAULT.wait_for
+wait_until_drained = DEFAULT.wait_until_drained

@@ -1,0 +1,128 @@
+"""Redis: the result cache and the model announcement, both best-effort.
+
+DESIGN.md: "Redis being down degrades (no cache), it does not fail predictions."
+So nothing here raises for Redis trouble. Short socket timeouts bound what a
+dead Redis costs a job; after a failure, writes are skipped for a few seconds
+(a small circuit breaker) so a partitioned Redis does not add a timeout to
+every batch; warnings are rate-limited; redis-py reconnects by itself on the
+next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from classifier import metrics
+from common.contract import ModelInfo, model_announcement_key
+
+log = logging.getLogger(__name__)
+
+SOCKET_TIMEOUT_S = 0.5
+# After a failure, skip Redis for this long before trying again.
+RETRY_AFTER_S = 2.0
+# At most one warning per this many seconds while Redis stays down.
+WARN_EVERY_S = 30.0
+# Announce the model this often, with a TTL that outlives two missed beats.
+ANNOUNCE_EVERY_S = 30.0
+ANNOUNCE_TTL_S = 90
+
+
+class ResultCache:
+    """Writes success replies and the model announcement to Redis; never raises for Redis trouble."""
+
+    def __init__(self, url: str, ttl_s: int, *, timeout_s: float = SOCKET_TIMEOUT_S) -> None:
+        self.ttl_s = ttl_s
+        self._timeout_s = timeout_s
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            # One immediate retry: the first command on a pooled connection that
+            # Redis closed (restart) fails; the retry reconnects.
+            retry=Retry(NoBackoff(), 1),
+            health_check_interval=30,
+        )
+        self._skip_until = 0.0
+        self._last_warning = -math.inf
+        self._failing = False
+        self._recovered = asyncio.Event()
+
+    async def store(self, entries: Sequence[tuple[str, bytes]]) -> bool:
+        """SET each (key, value) with the TTL, in one round trip. False if not written."""
+        if not entries:
+            return True
+        if time.monotonic() < self._skip_until:
+            metrics.CACHE_WRITE_FAILURES.inc(len(entries))
+            return False
+        try:
+            async with asyncio.timeout(self._timeout_s * 4):  # a bound on the whole exchange
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key, value in entries:
+                        pipe.set(key, value, ex=self.ttl_s)
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            metrics.CACHE_WRITE_FAILURES.inc(len(entries))
+            self._failed("result cache write", exc)
+            return False
+        self._succeeded()
+        return True
+
+    async def announce(self, queue: str, model: ModelInfo, ttl_s: int = ANNOUNCE_TTL_S) -> bool:
+        """Tell gateways which model (hence which cache version) serves ``queue``."""
+        value = json.dumps({"name": model.name, "version": model.version}, separators=(",", ":"))
+        try:
+            async with asyncio.timeout(self._timeout_s * 4):
+                await self._redis.set(model_announcement_key(queue), value, ex=ttl_s)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed("model announcement", exc)
+            return False
+        self._succeeded()
+        return True
+
+    async def announce_forever(self, queue: str, model: ModelInfo, first_delay_s: float) -> None:
+        """Re-announce every ANNOUNCE_EVERY_S, sooner after a failure, and at once when
+        Redis comes back (a restarted Redis has lost the key). Runs until cancelled."""
+        delay = first_delay_s
+        while True:
+            self._recovered.clear()
+            try:
+                async with asyncio.timeout(delay):
+                    await self._recovered.wait()
+            except TimeoutError:
+                pass
+            ok = await self.announce(queue, model)
+            delay = ANNOUNCE_EVERY_S if ok else RETRY_AFTER_S * 2
+
+    async def close(self) -> None:
+        try:
+            await self._redis.aclose()
+        except (RedisError, OSError) as exc:  # closing a dead connection: nothing to do
+            log.debug("closing Redis: %s", exc)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._skip_until = now + RETRY_AFTER_S
+        self._failing = True
+        if now - self._last_warning >= WARN_EVERY_S:
+            self._last_warning = now
+            log.warning(
+                "Redis unavailable (%s: %s: %s); going on without the cache, retrying every %.0f s",
+                what, type(exc).__name__, exc, RETRY_AFTER_S,
+            )
+
+    def _succeeded(self) -> None:
+        if self._failing:
+            self._failing = False
+            self._last_warning = -math.inf
+            self._recovered.set()
+            log.info("Redis is reachable again; caching resumed")

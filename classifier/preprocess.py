@@ -1,0 +1,186 @@
+"""Image bytes -> the model's input: uint8 H x W x 3 RGB, resized per the model's policy.
+
+The model graph does its own normalisation (DESIGN.md, "The model file"), so the
+worker only decodes, orients, converts to RGB and resizes. Everything here runs
+in a worker thread: Pillow releases the GIL while it decodes and resamples.
+
+Untrusted input is handled defensively:
+
+- only a fixed set of raster formats is opened (Pillow's EPS plugin, for one,
+  would start Ghostscript);
+- the pixel count is checked from the header, *before* any pixel is decoded, so
+  a decompression bomb is refused without being allocated;
+- any failure inside Pillow becomes :class:`ImageDecodeError` with a message a
+  human can read, so one bad upload never takes the worker down.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from common.model_file import ResizePolicy
+
+# Register every plugin now: Image.open(formats=...) only knows the loaded ones.
+Image.init()
+
+# What browsers and phones upload. (Multi-picture JPEGs from cameras open as JPEG,
+# and report format "MPO".)
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+# Decode JPEGs at no less than this multiple of the size we need (what
+# Image.thumbnail does): DCT scaling is much faster than a full decode, and the
+# 2x margin keeps the final antialiased resize as sharp as from a full decode.
+DRAFT_MARGIN = 2.0
+
+# EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+_EXIF_ORIENTATION = 0x0112
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_WHITE = (255, 255, 255, 255)
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this worker can classify; the message is for a human."""
+
+
+def configure_pillow(max_pixels: int) -> None:
+    """Make Pillow itself refuse bombs too (a backstop for our header check).
+
+    Pillow raises DecompressionBombError above 2 x MAX_IMAGE_PIXELS and warns
+    above it; our own check refuses everything above ``max_pixels`` anyway, so
+    the warning is noise. Process-wide state, hence set once at start-up.
+    """
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+@dataclass(frozen=True, slots=True)
+class Preprocessor:
+    """Turns uploaded bytes into one model input row; thread-safe (it holds no state)."""
+
+    input_size: tuple[int, int]  # (H, W), from the model's metadata
+    policy: ResizePolicy
+    max_pixels: int
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        """Decode ``data``; return a C-contiguous uint8 array of shape (H, W, 3).
+
+        Raises :class:`ImageDecodeError` for anything that is not a decodable,
+        reasonably sized image.
+        """
+        if not data:
+            raise ImageDecodeError("the image is empty (0 bytes)")
+        try:
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        except UnidentifiedImageError:
+            raise ImageDecodeError(
+                f"not a recognised image; accepted formats: {', '.join(ACCEPTED_FORMATS)}"
+            ) from None
+        except Image.DecompressionBombError:
+            raise ImageDecodeError(
+                f"the image has more than {self.max_pixels:,} pixels; refused"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - Pillow raises many types on malformed input
+            raise ImageDecodeError(f"the image header is corrupt ({_describe(exc)})") from None
+
+        with image:
+            width, height = image.size
+            if width <= 0 or height <= 0:
+                raise ImageDecodeError(f"the image claims an empty size {width}x{height}")
+            if width * height > self.max_pixels:
+                raise ImageDecodeError(
+                    f"the image is {width}x{height} ({width * height:,} pixels), over the limit of "
+                    f"{self.max_pixels:,} pixels"
+                )
+            try:
+                rgb = self._decode_rgb(image)
+            except ImageDecodeError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - as above, while decoding
+                raise ImageDecodeError(
+                    f"the {image.format or 'image'} data is truncated or corrupt ({_describe(exc)})"
+                ) from None
+        return self._resize(rgb)
+
+    def _decode_rgb(self, image: Image.Image) -> Image.Image:
+        """Decode (reduced when JPEG allows), apply EXIF orientation, convert to RGB."""
+        if image.format in ("JPEG", "MPO"):
+            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            need_w, need_h = self._needed_size(image.size, swap=orientation in _SWAPPING_ORIENTATIONS)
+            image.draft("RGB", (math.ceil(need_w * DRAFT_MARGIN), math.ceil(need_h * DRAFT_MARGIN)))
+        image.load()
+        oriented = ImageOps.exif_transpose(image)
+        return _to_rgb(oriented)
+
+    def _needed_size(self, stored: tuple[int, int], *, swap: bool) -> tuple[float, float]:
+        """The (w, h) the whole stored image must keep so the model input loses no detail."""
+        w0, h0 = stored
+        height, width = self.input_size
+        if swap:  # the model's W will come from the stored image's H
+            width, height = height, width
+        if self.policy.mode == "stretch":
+            return width, height
+        scale = _cover_scale((w0, h0), (width, height), self.policy.crop_ratio)
+        return w0 * scale, h0 * scale
+
+    def _resize(self, image: Image.Image) -> np.ndarray:
+        height, width = self.input_size
+        w0, h0 = image.size
+        if self.policy.mode == "stretch":
+            box = (0.0, 0.0, float(w0), float(h0))
+        else:
+            # Resize so that the image covers (W/ratio, H/ratio), keep the central W x H:
+            # the ImageNet evaluation recipe. One resize with a source box does the
+            # crop and the resampling in one pass, with no intermediate image.
+            scale = _cover_scale((w0, h0), (width, height), self.policy.crop_ratio)
+            box_w, box_h = width / scale, height / scale
+            left, top = (w0 - box_w) / 2, (h0 - box_h) / 2
+            box = (left, top, left + box_w, top + box_h)
+        resized = image.resize((width, height), Image.Resampling.BILINEAR, box=box)
+        array = np.asarray(resized, dtype=np.uint8)
+        if array.shape != (height, width, 3):  # cannot happen after _to_rgb; a loud guard
+            raise RuntimeError(f"preprocess produced shape {array.shape}")
+        return np.ascontiguousarray(array)
+
+
+def _cover_scale(size: tuple[int, int], target: tuple[int, int], ratio: float) -> float:
+    """Scale factor making ``size`` (w, h) cover ``target`` (w, h) divided by ``ratio``."""
+    return max(target[0] / (ratio * size[0]), target[1] / (ratio * size[1]))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB, keeping what a viewer would see."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        # convert("RGB") would clip 16-bit values at 255 (an all-white picture): rescale.
+        values = np.asarray(image).astype(np.float32)
+        if mode in _SIXTEEN_BIT_MODES or (mode == "I" and values.max(initial=0) > 255):
+            values = values / 257.0
+        elif mode == "F" and values.max(initial=0) <= 1.0:
+            values = values * 255.0
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        # Transparent pixels have arbitrary colour underneath; show them as a page would: on white.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE)
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    except ValueError:
+        raise ImageDecodeError(f"unsupported colour mode {mode!r}") from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

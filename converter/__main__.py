@@ -1,0 +1,7 @@
+"""``python -m converter``."""
+
+import sys
+
+from converter.cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""Exported framework graph -> checked model file (+ optional int8 copy)."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.model_file import ModelMetadata, model_version
+from converter import __version__, onnx_file, parity
+from converter.images import load_photos
+from converter.parity import ParityReport
+from converter.progress import Progress
+from converter.quantize import Int8Report, int8_path_for, quantize_file
+from converter.source import Exported
+
+
+@dataclass(frozen=True)
+class Options:
+    """Settings shared by every command."""
+
+    threads: int
+    photo_dir: Path  # real photos for parity (and default calibration)
+    calibration_dir: Path
+    calibration_count: int
+    agreement_count: int
+    min_agreement: float
+    decisive_margin: float
+    reduce_range: bool
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one conversion wrote and measured."""
+
+    path: Path
+    name: str
+    version: str
+    size_mb: float
+    parity: ParityReport | None
+    int8: Int8Report | None
+
+
+def write_model(exported: Exported, out: Path, opts: Options, progress: Progress) -> Result:
+    """Wrap, label, check and atomically save ``exported`` at ``out``."""
+    progress.stage("wrapping", f"uint8 NHWC input + {exported.normalisation.describe()}"
+                   + (" + softmax" if exported.add_softmax else ""))
+    model = onnx_file.wrap(
+        exported.core,
+        input_size=exported.input_size,
+        normalisation=exported.normalisation,
+        channels_first=exported.channels_first,
+        add_softmax=exported.add_softmax,
+    )
+    meta = ModelMetadata(
+        name=exported.name,
+        labels=list(exported.labels),
+        input_size=exported.input_size,
+        resize=exported.resize,
+        source=exported.source,
+        converter=f"converter {__version__} / {exported.tool}",
+        created=onnx_file.utc_now(),
+    )
+    onnx_file.set_metadata(model, meta)
+    onnx_file.check(model)
+    photos = load_photos(opts.photo_dir)
+    with onnx_file.staged(out) as staged:
+        onnx_file.save(model, staged)
+        progress.stage("parity", f"{exported.tool.split()[0]} source vs onnxruntime, {len(photos)} photos + noise")
+        report = parity.check_fp32(staged, exported.reference, photos, exported.input_size,
+                                   exported.resize, opts.threads)
+        progress.stage("parity", report.line())
+    return Result(out, exported.name, model_version(out), out.stat().st_size / 1e6, report, None)
+
+
+def convert(exported: Exported, out: Path, int8: bool, opts: Options, progress: Progress) -> Result:
+    """The whole job for one model: fp32 file, then (optionally) the int8 copy."""
+    result = write_model(exported, out, opts, progress)
+    # The framework model (TF or torch) is not needed any more: free it before quantising.
+    exported.reference = None  # type: ignore[assignment]
+    exported.core = None
+    gc.collect()
+    if not int8:
+        return result
+    report = quantize_int8(out, opts, progress)
+    return Result(result.path, result.name, result.version, result.size_mb, result.parity, report)
+
+
+def quantize_int8(fp32_path: Path, opts: Options, progress: Progress, out: Path | None = None) -> Int8Report:
+    return quantize_file(
+        fp32_path,
+        out or int8_path_for(fp32_path),
+        photo_dir=opts.calibration_dir,
+        calibration_count=opts.calibration_count,
+        agreement_count=opts.agreement_count,
+        min_agreement=opts.min_agreement,
+        decisive_margin=opts.decisive_margin,
+        threads=opts.threads,
+        reduce_range=opts.reduce_range,
+        progress=progress,
+    )
+
+
+def agreement_line(r: Int8Report) -> str:
+    return (
+        f"agreement: int8 top-1 = fp32 top-1 on {r.agree}/{r.total} = {r.agreement:.4f} of the inputs where fp32 "
+        f"leads by >= {r.decisive_margin:g} (gated); {r.agree_all}/{r.total_all} = {r.agree_all / r.total_all:.4f} overall"
+    )
+
+
+def summary(result: Result, progress: Progress) -> list[str]:
+    """The closing lines of a run."""
+    lines = [
+        "== summary ==",
+        f"output:    {result.path}",
+        f"name:      {result.name}",
+        f"size:      {result.size_mb:.1f} MB",
+        f"version:   {result.version}",
+    ]
+    if result.parity:
+        lines.append(f"parity:    {result.parity.line()}")
+    if result.int8:
+        r = result.int8
+        lines += [
+            f"int8:      {r.path} ({r.size_mb:.1f} MB, version {r.version}, calibrated on {r.calibration_inputs} inputs)",
+            agreement_line(r),
+            f"speed:     fp32 {r.fp32_ips:.1f} img/s, int8 {r.int8_ips:.1f} img/s ({r.int8_ips / r.fp32_ips:.2f}x), "
+            f"batch {r.batch_size}, {r.threads} onnxruntime threads",
+        ]
+    lines.append(f"elapsed:   {progress.elapsed:.1f}s")
+    return lines

@@ -1,0 +1,134 @@
+"""The Redis result cache as the gateway reads it, and the model version that keys it.
+
+Workers write results under ``cache_key(model version, sha256)`` and announce the
+model they serve under ``model_announcement_key(queue)``. Redis being down must
+degrade the gateway (no cache), never fail a prediction: every error here ends
+in "no cached answer", and after one failure Redis is left alone for a moment so
+that each request does not pay a connect timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from common.contract import (
+    MAX_TOP_K,
+    ContractError,
+    ModelInfo,
+    SuccessReply,
+    cache_key,
+    model_announcement_key,
+    parse_reply,
+)
+
+log = logging.getLogger(__name__)
+
+# The announced model is re-read this often: a newly deployed model is seen within seconds.
+MODEL_TTL_S = 3.0
+# After a Redis error, skip it for this long (then try again).
+BACKOFF_S = 5.0
+# Redis answers in well under a millisecond; anything slower counts as down.
+SOCKET_TIMEOUT_S = 0.25
+
+
+class ResultCache:
+    """Reads cached replies for the model the workers announce; reports whether Redis is up."""
+
+    def __init__(self, redis_url: str, queue_name: str) -> None:
+        self._client = aioredis.Redis.from_url(
+            redis_url,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),  # no retries: a miss is cheaper than a slow answer
+        )
+        self._announcement_key = model_announcement_key(queue_name)
+        self._model: ModelInfo | None = None
+        self._model_read_at = float("-inf")
+        self._down_until = float("-inf")
+        self.up: bool | None = None  # None: not asked yet
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        if self.up is not False:
+            log.warning("Redis unavailable (%s: %s); serving without the cache", what, exc)
+        self.up = False
+        self._down_until = time.monotonic() + BACKOFF_S
+
+    def _skipping(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    async def model(self) -> ModelInfo | None:
+        """The model the workers announce, re-read every few seconds; None if unknown."""
+        if time.monotonic() - self._model_read_at < MODEL_TTL_S or self._skipping():
+            return self._model
+        try:
+            raw = await self._client.get(self._announcement_key)
+        except RedisError as exc:
+            self._failed("model announcement", exc)
+            return self._model
+        self.up = True
+        self._model_read_at = time.monotonic()
+        self._model = _parse_model(raw)
+        return self._model
+
+    async def get(self, sha256: str) -> SuccessReply | None:
+        """The cached answer of the announced model for this image, or None (miss, no model, Redis down)."""
+        model = await self.model()
+        if model is None or self._skipping():
+            return None
+        try:
+            raw = await self._client.get(cache_key(model.version, sha256))
+        except RedisError as exc:
+            self._failed("cache read", exc)
+            return None
+        self.up = True
+        if raw is None:
+            return None
+        try:
+            reply = parse_reply(raw.encode() if isinstance(raw, str) else raw)
+        except ContractError as exc:
+            log.warning("ignoring a malformed cache entry for %s: %s", sha256, exc)
+            return None
+        # Belt and braces: an entry must be this image's answer by this model.
+        if (
+            not isinstance(reply, SuccessReply)
+            or reply.sha256 != sha256
+            or reply.model.version != model.version
+        ):
+            return None
+        # Workers cache the top_k a job asked for; an entry made for a smaller top_k cannot
+        # answer every request (the key has no top_k), so it counts as a miss and is redone.
+        if len(reply.top) < MAX_TOP_K:
+            return None
+        return reply
+
+    async def ping(self) -> bool:
+        """Ask Redis now (readiness); also clears the back-off when it answers."""
+        try:
+            await self._client.ping()
+        except RedisError as exc:
+            self._failed("ping", exc)
+            return False
+        self.up = True
+        self._down_until = float("-inf")
+        return True
+
+
+def _parse_model(raw: bytes | str | None) -> ModelInfo | None:
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+        return ModelInfo(name=str(data["name"]), version=str(data["version"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring a malformed model announcement %r: %s", raw[:200], exc)
+        return None

@@ -1,0 +1,124 @@
+"""Cross-cutting concerns: metrics, error translation, the in-flight bound, security headers.
+
+Order (outermost first): metrics sees the final status of every request,
+errors turns exceptions into responses, the in-flight bound sheds load before
+a prediction reads its upload. Security headers are added to every response
+in ``on_response_prepare``, which also covers static files and streamed bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp.web_urldispatcher import SystemRoute
+
+from gateway.errors import GatewayError, ServiceUnavailable, error_response
+from gateway.state import GATEWAY
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_H = TypeVar("_H", bound=Callable[..., Any])
+_BOUNDED_ATTR = "__gateway_in_flight_bounded__"
+
+# The page: our own CSS and images only, no script at all, no framing, forms post to us only.
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'none'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# Everything else (JSON, uploads, CSS): nothing may run or load, even if opened directly.
+OTHER_CSP = "default-src 'none'; frame-ancestors 'none'; sandbox"
+
+
+# aiohttp's own errors (routing, body size) in words for a human.
+_HTTP_MESSAGES = {
+    404: "Not found: there is nothing at this address.",
+    405: "Method not allowed on this address.",
+    413: "The request body is too large.",
+}
+
+
+def in_flight_bounded(handler: _H) -> _H:
+    """Mark a handler that counts against MAX_IN_FLIGHT (the prediction routes)."""
+    setattr(handler, _BOUNDED_ATTR, True)
+    return handler
+
+
+def route_label(request: web.Request) -> str:
+    """A bounded label for metrics: the route's pattern, never the raw path."""
+    route = request.match_info.route
+    if isinstance(route, SystemRoute) or route.resource is None:
+        return "unmatched"
+    return route.resource.canonical
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[GATEWAY].metrics
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        label = route_label(request)
+        metrics.requests.labels(label, request.method, str(status)).inc()
+        metrics.latency.labels(label).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes the contract's error body (or the page): never a bare 500 page."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(request, exc.status, exc.message, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise  # redirects and 304s pass through
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return error_response(request, exc.status, _HTTP_MESSAGES.get(exc.status, exc.reason), headers)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(request, 500, "Internal error in the gateway; it has been logged.", {})
+
+
+@web.middleware
+async def in_flight_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Beyond MAX_IN_FLIGHT predictions at once, answer 503 at once instead of queueing in memory."""
+    if not getattr(request.match_info.handler, _BOUNDED_ATTR, False):
+        return await handler(request)
+    gateway = request.app[GATEWAY]
+    if gateway.in_flight >= gateway.settings.max_in_flight:
+        gateway.metrics.rpc_rejected.labels("gateway_busy").inc()
+        raise ServiceUnavailable("The gateway is at its limit of requests in flight; please retry shortly.")
+    gateway.in_flight += 1
+    gateway.metrics.in_flight.inc()
+    try:
+        return await handler(request)
+    finally:
+        gateway.in_flight -= 1
+        gateway.metrics.in_flight.dec()
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare`` hook: nosniff everywhere, a strict CSP (tighter still off the page)."""
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
+    is_page = (response.content_type or "").startswith("text/html")
+    headers.setdefault("Content-Security-Policy", PAGE_CSP if is_page else OTHER_CSP)
+    if is_page:
+        headers.setdefault("Cache-Control", "no-store")
+
+
+MIDDLEWARES = (metrics_middleware, error_middleware, in_flight_middleware)

@@ -1,0 +1,39 @@
+"""The URL map (DESIGN.md's HTTP table)."""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+
+from gateway import views
+from gateway.pages import STATIC_DIR
+from gateway.state import GATEWAY
+from gateway.uploads import MULTIPART_OVERHEAD
+
+
+async def expect_upload(request: web.Request) -> None:
+    """``Expect: 100-continue`` on an upload: only invite the body when its size is acceptable.
+
+    For an oversized Content-Length we send no "100 Continue", so the handler's
+    413 reaches the client before it sends the body (curl waits for it).
+    """
+    limit = request.app[GATEWAY].settings.max_upload_bytes + MULTIPART_OVERHEAD
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+    raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers.get(hdrs.EXPECT)}")
+
+
+def setup_routes(app: web.Application) -> None:
+    router = app.router
+    router.add_get("/", views.index, name="index")
+    router.add_post("/", views.upload_page, name="upload", expect_handler=expect_upload)
+    router.add_post("/predict", views.predict, name="predict", expect_handler=expect_upload)
+    router.add_post("/feedback", views.feedback, name="feedback")
+    router.add_get("/uploads/{image_id}", views.uploaded_image, name="uploaded_image")
+    router.add_get("/health/live", views.live, name="live")
+    router.add_get("/health/ready", views.ready, name="ready")
+    router.add_get("/metrics", views.metrics, name="metrics")
+    router.add_static("/static", STATIC_DIR, name="static", follow_symlinks=False, show_index=False)

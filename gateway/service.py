@@ -1,0 +1,164 @@
+"""The prediction service: the one code path behind both ``POST /predict`` and the page's ``POST /``.
+
+upload -> store -> (single-flight per image) cache look-up -> RPC to a worker.
+Broker-level failures are translated here into the gateway's HTTP errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from common.contract import (
+    MAX_TOP_K,
+    MIN_TOP_K,
+    ErrorCode,
+    FailureReply,
+    JobHeaders,
+    Prediction,
+    SuccessReply,
+    now_ms,
+)
+from common.settings import Settings
+from gateway.cache import ResultCache
+from gateway.errors import (
+    RETRY_AFTER_BROKER_DOWN_S,
+    BadGateway,
+    BadRequest,
+    GatewayTimeout,
+    ServiceUnavailable,
+    UnprocessableImage,
+)
+from gateway.metrics import GatewayMetrics
+from gateway.rpc import BrokerUnavailable, DeadlineExceeded, MalformedReply, QueueFull, RpcClient
+from gateway.singleflight import SingleFlight
+from gateway.uploads import Upload, UploadStore, read_upload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionResult:
+    """What a prediction request gets: the worker's answer, where it came from, how long it took."""
+
+    reply: SuccessReply
+    cached: bool
+    image_id: str
+    latency_ms: float
+    top_k: int
+
+    @property
+    def top(self) -> list[Prediction]:
+        return self.reply.top[: self.top_k]
+
+    def to_json(self) -> dict[str, Any]:
+        """The /predict 200 body of DESIGN.md."""
+        best = self.top[0]
+        return {
+            "success": True,
+            "prediction": best.label,
+            "score": best.score,
+            "top_k": [{"label": p.label, "score": p.score} for p in self.top],
+            "model": {"name": self.reply.model.name, "version": self.reply.model.version},
+            "cached": self.cached,
+            "image": self.image_id,
+            "latency_ms": round(self.latency_ms, 1),
+        }
+
+
+def parse_top_k(raw: str | None) -> int:
+    """``?top_k=`` as an int in 1..5 (default 5), else 400."""
+    if raw is None:
+        return MAX_TOP_K
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not MIN_TOP_K <= value <= MAX_TOP_K:
+        raise BadRequest(f"top_k must be a whole number from {MIN_TOP_K} to {MAX_TOP_K}.")
+    return value
+
+
+class Predictor:
+    """Turns an uploaded image into a :class:`PredictionResult`, or a :class:`GatewayError`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: UploadStore,
+        cache: ResultCache,
+        rpc: RpcClient,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.cache = cache
+        self.rpc = rpc
+        self.metrics = metrics
+        self._flights: SingleFlight[tuple[SuccessReply, bool]] = SingleFlight(
+            on_join=metrics.shared_flights.inc
+        )
+
+    async def predict(self, request: web.Request, top_k: int) -> PredictionResult:
+        started = time.perf_counter()
+        upload = await read_upload(request, self.settings.max_upload_bytes)
+        image_id = await self.store.save(upload)
+        # The deadline starts once the upload is in: a slow client's upload does not eat the worker's time.
+        deadline_ms = now_ms() + int(self.settings.request_timeout_s * 1000)
+        # Identical images in flight at once are classified once (same sha256, same job).
+        reply, cached = await self._flights.run(upload.sha256, lambda: self._classify(upload, deadline_ms))
+        if not reply.top:
+            raise BadGateway("The classifier answered with no labels.")
+        return PredictionResult(
+            reply=reply,
+            cached=cached,
+            image_id=image_id,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            top_k=top_k,
+        )
+
+    async def _classify(self, upload: Upload, deadline_ms: int) -> tuple[SuccessReply, bool]:
+        hit = await self.cache.get(upload.sha256)
+        if hit is not None:
+            self.metrics.cache_hits.inc()
+            return hit, True
+        self.metrics.cache_misses.inc()
+        # Always ask for the full top-5 and slice per request: one job serves every top_k.
+        headers = JobHeaders(sha256=upload.sha256, deadline_ms=deadline_ms, top_k=MAX_TOP_K)
+        try:
+            reply = await self.rpc.call(upload.data, content_type=upload.kind.content_type, headers=headers)
+        except QueueFull:
+            self.metrics.rpc_rejected.labels("queue_full").inc()
+            raise ServiceUnavailable("The classifier queue is full; please retry shortly.") from None
+        except BrokerUnavailable as exc:
+            self.metrics.rpc_rejected.labels("broker_unavailable").inc()
+            log.warning("job for %s not sent: %s", upload.sha256[:12], exc)
+            raise ServiceUnavailable(
+                "The classification service is unavailable (message broker down); please retry shortly.",
+                retry_after=RETRY_AFTER_BROKER_DOWN_S,
+            ) from None
+        except DeadlineExceeded:
+            self.metrics.rpc_timeouts.inc()
+            raise GatewayTimeout(
+                f"No classifier answered within {self.settings.request_timeout_s:g} s; please retry."
+            ) from None
+        except MalformedReply as exc:
+            log.error("malformed reply for %s: %s", upload.sha256[:12], exc)
+            raise BadGateway("The classifier sent an answer we could not read.") from None
+        if isinstance(reply, FailureReply):
+            raise _failure_error(reply)
+        return reply, False
+
+
+def _failure_error(reply: FailureReply) -> Exception:
+    """A worker's refusal as an HTTP error: 422 bad image, 504 expired, 502 worker fault."""
+    if reply.code is ErrorCode.INVALID_IMAGE:
+        return UnprocessableImage(f"The file could not be decoded as an image: {reply.message}")
+    if reply.code is ErrorCode.EXPIRED:
+        return GatewayTimeout("The request expired before a classifier could take it; please retry.")
+    log.error("worker failed: %s", reply.message)
+    return BadGateway("The classifier failed while processing this image.")

@@ -1,0 +1,36 @@
+"""The per-application services, reachable from handlers as ``request.app[GATEWAY]``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from common.settings import Settings
+
+if TYPE_CHECKING:
+    from gateway.cache import ResultCache
+    from gateway.feedback import FeedbackLog
+    from gateway.metrics import GatewayMetrics
+    from gateway.rpc import RpcClient
+    from gateway.service import Predictor
+    from gateway.uploads import UploadStore
+
+
+@dataclass(slots=True)
+class Gateway:
+    """Everything a handler needs; built by ``init_app``, connections opened in its cleanup context."""
+
+    settings: Settings
+    metrics: GatewayMetrics
+    store: UploadStore
+    feedback: FeedbackLog
+    cache: ResultCache
+    rpc: RpcClient
+    predictor: Predictor
+    in_flight: int = 0
+    shutting_down: bool = field(default=False)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

@@ -1,0 +1,260 @@
+"""docker-compose.yml as Compose itself resolves it (`config`), with no .env: the defaults."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from common.settings import Settings
+from tests.deploy.conftest import (
+    BUILT,
+    ENV_EXAMPLE,
+    LONG_RUNNING,
+    SERVICES,
+    compose_config,
+    compose_strings,
+    compose_variables,
+    depends_on,
+    environment,
+    mounts,
+    ports,
+    raw_compose,
+    run_compose_config,
+)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return compose_config(tmp_path_factory.mktemp("compose"))
+
+
+@pytest.fixture(scope="module")
+def services(config: dict[str, Any]) -> dict[str, Any]:
+    return config["services"]
+
+
+def test_config_is_valid_without_any_env_file(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    result = run_compose_config(empty, None, "-q")
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr, result.stderr  # e.g. an unset variable without default
+
+
+def test_the_five_services(services: dict[str, Any]) -> None:
+    assert set(services) == SERVICES
+
+
+def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
+    for name in LONG_RUNNING:
+        check = services[name].get("healthcheck")
+        assert check and check.get("test") and not check.get("disable"), f"{name} has no healthcheck"
+        assert services[name].get("restart") == "unless-stopped", name
+
+
+def test_converter_is_one_shot(services: dict[str, Any]) -> None:
+    assert services["converter"].get("restart", "no") == "no"
+
+
+def test_nothing_starts_before_what_it_needs(services: dict[str, Any]) -> None:
+    healthy = {"rabbitmq": "service_healthy", "redis": "service_healthy"}
+    assert depends_on(services["gateway"]) == healthy
+    assert depends_on(services["classifier"]) == {**healthy, "converter": "service_completed_successfully"}
+
+
+def test_broker_ports_are_published_on_localhost_only(services: dict[str, Any]) -> None:
+    published = ports(services["rabbitmq"])
+    assert {p.target for p in published} == {"5672", "15672"}
+    assert all(p.host_ip == "127.0.0.1" for p in published), published
+    assert all(p.host_ip == "127.0.0.1" for p in ports(services["redis"]))
+
+
+def test_gateway_is_on_localhost_by_default_and_the_bind_address_is_configurable(
+    services: dict[str, Any], tmp_path: Path
+) -> None:
+    assert ports(services["gateway"]) == [ports(services["gateway"])[0]]
+    port = ports(services["gateway"])[0]
+    assert (port.host_ip, port.published, port.target) == ("127.0.0.1", "8000", "8000")
+    opened = compose_config(tmp_path, "GATEWAY_BIND=0.0.0.0\nGATEWAY_PORT=8080\n")["services"]
+    port = ports(opened["gateway"])[0]
+    assert (port.host_ip, port.published) == ("0.0.0.0", "8080")
+    assert all(p.host_ip == "127.0.0.1" for p in ports(opened["rabbitmq"]))
+
+
+def test_classifier_scales(services: dict[str, Any], tmp_path: Path) -> None:
+    classifier = services["classifier"]
+    assert "container_name" not in classifier
+    assert not classifier.get("ports"), "a fixed host port would stop --scale"
+    assert int(classifier["deploy"]["replicas"]) == 2
+    scaled = compose_config(tmp_path, "WORKERS=5\n")["services"]["classifier"]
+    assert int(scaled["deploy"]["replicas"]) == 5
+
+
+def test_model_volume_is_written_by_the_converter_and_read_only_for_workers(services: dict[str, Any]) -> None:
+    assert [(m.source, m.target, m.read_only) for m in mounts(services["classifier"])] == [
+        ("models", "/models", True)
+    ]
+    assert [(m.source, m.target, m.read_only) for m in mounts(services["converter"])] == [
+        ("models", "/models", False)
+    ]
+
+
+def test_workers_serve_the_file_the_converter_writes(services: dict[str, Any], tmp_path: Path) -> None:
+    assert environment(services["classifier"])["MODEL_PATH"] == "/models/resnet50.onnx"
+    assert environment(services["converter"])["MODEL"] == "resnet50"
+    lite = compose_config(tmp_path, "MODEL=efficientnet-lite0-int8\n")["services"]
+    assert environment(lite["classifier"])["MODEL_PATH"] == "/models/efficientnet-lite0-int8.onnx"
+    assert environment(lite["converter"])["MODEL"] == "efficientnet-lite0-int8"
+    assert lite["converter"]["build"]["args"]["MODEL"] == "efficientnet-lite0-int8"
+
+
+def test_gateway_keeps_uploads_and_feedback_in_named_volumes(config: dict[str, Any],
+                                                              services: dict[str, Any]) -> None:
+    gateway = services["gateway"]
+    env = environment(gateway)
+    by_target = {m.target: m for m in mounts(gateway)}
+    assert env["UPLOAD_DIR"] in by_target
+    assert str(Path(env["FEEDBACK_CSV"]).parent) in by_target
+    for m in by_target.values():
+        assert m.source in config["volumes"] and not m.read_only, m
+    assert env["HOST"] == "0.0.0.0"
+
+
+def test_services_use_a_broker_user_other_than_guest(services: dict[str, Any], tmp_path: Path) -> None:
+    broker = environment(services["rabbitmq"])
+    user, password = broker["RABBITMQ_DEFAULT_USER"], broker["RABBITMQ_DEFAULT_PASS"]
+    assert user != "guest" and password
+    for name in ("gateway", "classifier"):
+        url = urlsplit(environment(services[name])["RABBITMQ_URL"])
+        assert (url.username, url.password, url.hostname, url.port) == (user, password, "rabbitmq", 5672)
+        assert urlsplit(environment(services[name])["REDIS_URL"]).hostname == "redis"
+    custom = compose_config(tmp_path, "RABBITMQ_USER=alice\nRABBITMQ_PASSWORD=s3cret\n")["services"]
+    assert environment(custom["rabbitmq"])["RABBITMQ_DEFAULT_USER"] == "alice"
+    assert urlsplit(environment(custom["classifier"])["RABBITMQ_URL"]).password == "s3cret"
+
+
+def test_gateway_and_workers_declare_the_same_queue(services: dict[str, Any]) -> None:
+    gateway, classifier = environment(services["gateway"]), environment(services["classifier"])
+    for var in ("RABBITMQ_URL", "REDIS_URL", "QUEUE_NAME", "QUEUE_MAX_LENGTH", "DELIVERY_LIMIT", "CACHE_TTL_S"):
+        assert var in gateway and gateway[var] == classifier.get(var), var
+
+
+def test_every_setting_reaches_a_service(services: dict[str, Any]) -> None:
+    """Each field of common.settings is set, or passed through from .env, for a service."""
+    given = set(environment(services["gateway"])) | set(environment(services["classifier"]))
+    missing = {f.upper() for f in Settings.__dataclass_fields__} - given
+    assert not missing, f"settings compose does not pass on: {sorted(missing)}"
+
+
+def test_images_are_built_from_the_repository_root(services: dict[str, Any]) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    for name in BUILT:
+        build = services[name]["build"]
+        assert Path(build["context"]).resolve() == repo, name
+        assert build["dockerfile"] == f"{name}/Dockerfile", name
+        assert build.get("target") == "runtime", name
+
+
+# --- .env.example ------------------------------------------------------------------------
+
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def test_env_example_documents_every_variable_of_the_compose_file() -> None:
+    used, documented = compose_variables(), set(env_example())
+    assert not used - documented, f"not in .env.example: {sorted(used - documented)}"
+    assert not documented - used, f"in .env.example but unused: {sorted(documented - used)}"
+
+
+def test_env_example_values_are_the_defaults(config: dict[str, Any], tmp_path: Path) -> None:
+    """Copying .env.example to .env changes nothing: what it shows is what runs without it."""
+    assert compose_config(tmp_path, ENV_EXAMPLE.read_text()) == config
+
+
+def test_no_variable_lacks_a_default() -> None:
+    bare = [v for text in compose_strings() for v in re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)]
+    assert not bare, f"variables without a default: {bare}"
+
+
+# --- the converter's one-shot script, run with a stand-in for python --------------------
+
+STUB_PYTHON = """#!/bin/sh
+# Stand-in for `python -m converter NAME [--int8] --out-dir DIR`: records its arguments
+# and, unless STUB_FAIL is set, writes the files the real converter writes.
+echo "$@" >> "$STUB_LOG"
+[ -n "$STUB_FAIL" ] && exit 0
+name="$3"; int8=""; out=""
+shift 3
+while [ $# -gt 0 ]; do
+  case "$1" in --int8) int8=1 ;; --out-dir) out="$2"; shift ;; esac
+  shift
+done
+echo model > "$out/$name.onnx"
+[ -n "$int8" ] && echo model > "$out/$name-int8.onnx"
+exit 0
+"""
+
+
+def run_converter_script(tmp_path: Path, model: str, fail: bool = False) -> tuple[subprocess.CompletedProcess[str], Path, list[str]]:
+    converter = raw_compose()["services"]["converter"]
+    assert converter["entrypoint"][:2] == ["sh", "-ec"]
+    models = tmp_path / "models"
+    models.mkdir(exist_ok=True)
+    # Compose turns $$ into $; the script's /models becomes this test's folder.
+    script = converter["command"][0].replace("$$", "$").replace("/models", str(models))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stub = bin_dir / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "MODEL": model, "STUB_LOG": str(log)}
+    if fail:
+        env["STUB_FAIL"] = "1"
+    result = subprocess.run(["sh", "-ec", script], env=env, capture_output=True, text=True, timeout=30)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return result, models, calls
+
+
+@pytest.mark.parametrize(
+    ("model", "expected_call"),
+    [
+        ("resnet50", "-m converter resnet50 --out-dir {models}"),
+        ("resnet50-int8", "-m converter resnet50 --int8 --out-dir {models}"),
+        ("efficientnet-lite0", "-m converter efficientnet-lite0 --out-dir {models}"),
+        ("efficientnet-lite0-int8", "-m converter efficientnet-lite0 --int8 --out-dir {models}"),
+    ],
+)
+def test_converter_writes_the_model_the_workers_load(tmp_path: Path, model: str, expected_call: str) -> None:
+    result, models, calls = run_converter_script(tmp_path, model)
+    assert result.returncode == 0, result.stderr
+    assert calls == [expected_call.format(models=models)]
+    assert (models / f"{model}.onnx").is_file()
+
+
+def test_converter_skips_a_model_already_there(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "resnet50.onnx").write_text("model")
+    result, _, calls = run_converter_script(tmp_path, "resnet50")
+    assert result.returncode == 0 and calls == []
+    assert "nothing to do" in result.stdout
+
+
+def test_converter_fails_when_the_model_file_is_not_written(tmp_path: Path) -> None:
+    result, _, calls = run_converter_script(tmp_path, "resnet50", fail=True)
+    assert result.returncode != 0 and len(calls) == 1
+    assert "did not write" in result.stderr

@@ -1,0 +1,132 @@
+"""Type sniffing on real image bytes, upload ids, the content-addressed store."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from gateway.uploads import (
+    BMP,
+    GIF,
+    JPEG,
+    PNG,
+    TIFF,
+    WEBP,
+    Upload,
+    UploadStore,
+    sniff_image_type,
+    upload_kind,
+)
+
+
+@pytest.fixture(scope="module")
+def encoded(photos: dict[str, Path]) -> dict[str, bytes]:
+    """The coffee photo as real files of every accepted format, encoded by Pillow."""
+    image = Image.open(photos["coffee"]).convert("RGB").resize((64, 48))
+    out = {"JPEG": photos["coffee"].read_bytes()}
+    for fmt in ("PNG", "GIF", "WEBP", "BMP", "TIFF"):
+        buffer = io.BytesIO()
+        image.save(buffer, fmt)
+        out[fmt] = buffer.getvalue()
+    big_endian = io.BytesIO()
+    image.save(big_endian, "TIFF", byteorder=">")  # "MM\0*"
+    out["TIFF-MM"] = big_endian.getvalue()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("fmt", "kind"),
+    [
+        ("JPEG", JPEG),
+        ("PNG", PNG),
+        ("GIF", GIF),
+        ("WEBP", WEBP),
+        ("BMP", BMP),
+        ("TIFF", TIFF),
+        ("TIFF-MM", TIFF),
+    ],
+)
+def test_real_images_are_recognised(encoded: dict[str, bytes], fmt: str, kind) -> None:
+    assert sniff_image_type(encoded[fmt][:32]) == kind
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"hello, I am a text file named photo.jpg\n",
+        b"BMW is a car, not a bitmap, even if it starts with BM",
+        b"RIFF\x24\x00\x00\x00WAVEfmt ",  # RIFF, but audio
+        b"%PDF-1.7\n",
+        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+        b"\xff\xd8",  # a JPEG start cut too short to be sure
+    ],
+)
+def test_non_images_are_refused(data: bytes) -> None:
+    assert sniff_image_type(data) is None
+
+
+def test_every_test_photo_is_a_jpeg(photos: dict[str, Path]) -> None:
+    for path in photos.values():
+        assert sniff_image_type(path.read_bytes()[:32]) == JPEG, path
+
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize("ext", ["jpg", "png", "gif", "webp", "bmp", "tiff"])
+def test_well_formed_ids_are_accepted(ext: str) -> None:
+    kind = upload_kind(f"{SHA}.{ext}")
+    assert kind is not None and kind.ext == ext
+
+
+@pytest.mark.parametrize(
+    "image_id",
+    [
+        "../../etc/passwd",
+        f"../{SHA}.jpg",
+        f"{SHA}.jpg/..",
+        f"{SHA}.jpg\n",  # `$` in a regex would let this through
+        f"{SHA.upper()}.jpg",
+        f"{SHA[:-1]}.jpg",
+        f"{SHA}0.jpg",
+        f"{SHA}.jpeg",
+        f"{SHA}.svg",
+        f"{SHA}.JPG",
+        f"{SHA}",
+        "",
+        f"{SHA}.jpg\x00.png",
+    ],
+)
+def test_malformed_ids_are_refused(image_id: str) -> None:
+    assert upload_kind(image_id) is None
+
+
+def _upload(data: bytes) -> Upload:
+    return Upload(data=data, sha256=hashlib.sha256(data).hexdigest(), kind=JPEG)
+
+
+async def test_store_is_content_addressed_and_leaves_no_temp_files(tmp_path: Path, photos) -> None:
+    store = UploadStore(tmp_path / "uploads")
+    upload = _upload(photos["coffee"].read_bytes())
+    # Concurrent saves of the same content end with one whole file.
+    ids = await asyncio.gather(*(store.save(upload) for _ in range(8)))
+    assert set(ids) == {upload.image_id}
+    files = list((tmp_path / "uploads").iterdir())
+    assert [f.name for f in files] == [upload.image_id]
+    assert files[0].read_bytes() == upload.data
+    assert store.path_for(upload.image_id) == files[0]
+
+
+async def test_store_refuses_to_resolve_malformed_or_missing_ids(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    root.mkdir()
+    (tmp_path / "secret.jpg").write_bytes(b"\xff\xd8\xff secret")
+    store = UploadStore(root)
+    assert store.path_for("../secret.jpg") is None
+    assert store.path_for(f"{SHA}.jpg") is None  # well formed, but not stored
