@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 WORKERS ?= 2
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test test-fast bench services browser models setup-run setup-dev worker lint clean
+.PHONY: run test bench services system-packages models setup-run setup-dev worker lint clean
 
 run: setup-run services
 	$(PY) scripts/run_stack.py --workers $(WORKERS)
@@ -15,7 +15,7 @@ run: setup-run services
 worker: setup-run
 	$(PY) -m classifier
 
-test: setup-dev services browser models
+test: setup-dev services system-packages models
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup-dev services models
@@ -30,8 +30,8 @@ setup-dev:
 services:
 	python3 scripts/ensure_services.py
 
-browser:
-	scripts/ensure_browser.sh
+system-packages:
+	scripts/ensure_system_packages.sh
 
 # The offline model the tests serve (EfficientNet-Lite0, fp32 and int8).
 models: setup-dev

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CANDIDATES = (Path("models/resnet50.onnx"), Path("models/efficientnet-lite0.onnx"))
 STOP_TIMEOUT_S = 30
-FIRST_METRICS_PORT = 9100
+DEFAULT_FIRST_METRICS_PORT = 9100
 
 
 def say(message: str) -> None:
@@ -71,7 +71,7 @@ def print_where_to_go(env: dict[str, str]) -> None:
     broker = urlsplit(env.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"))
     say(f"page:           http://{host}:{port}/")
     say(f"REST API:       curl -F file=@tests/data/coffee.jpg http://{host}:{port}/predict")
-    say(f"metrics:        http://{host}:{port}/metrics (workers: :{FIRST_METRICS_PORT}+)")
+    say(f"metrics:        http://{host}:{port}/metrics (workers: :{env['WORKER_METRICS_PORT']} and up)")
     say(f"RabbitMQ UI:    http://{broker.hostname}:15672/  (user {broker.username or 'guest'}, "
         f"password {broker.password or 'guest'}; queue '{env.get('QUEUE_NAME', 'classify')}')")
     say("scale out:      `make worker` in another terminal (or on another host), Ctrl-C here stops all")
@@ -82,12 +82,14 @@ async def main(workers: int) -> int:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1", MODEL_PATH=str(model))
     # Scale as processes: split the cores among the workers unless told otherwise.
     env.setdefault("ORT_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    # Workers on one host each need a metrics port of their own: N consecutive ones.
+    first_metrics_port = int(env.setdefault("WORKER_METRICS_PORT", str(DEFAULT_FIRST_METRICS_PORT)))
     say(f"model {model}, {workers} worker(s) x {env['ORT_THREADS']} thread(s)")
 
     children: dict[str, tuple[asyncio.subprocess.Process, asyncio.Task]] = {}
     children["gateway"] = await start("gateway", "gateway", env)
     for i in range(1, workers + 1):
-        worker_env = dict(env, WORKER_METRICS_PORT=str(FIRST_METRICS_PORT + i - 1))
+        worker_env = dict(env, WORKER_METRICS_PORT=str(first_metrics_port + i - 1))
         children[f"worker-{i}"] = await start(f"worker-{i}", "classifier", worker_env)
     print_where_to_go(env)
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Debian packages the test suite drives for real:
+#   chromium        the browser tests (through Playwright; never `playwright install`)
+#   docker-compose  validates docker-compose.yml offline (`docker-compose config -q`)
+set -euo pipefail
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v docker-compose >/dev/null || missing+=(docker-compose)
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "[packages] chromium and docker-compose present"
+  exit 0
+fi
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  echo "[packages] error: missing ${missing[*]}; install them with your package manager" >&2
+  exit 1
+fi
+echo "[packages] installing ${missing[*]} from Debian"
+apt-get update -q >/dev/null
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
