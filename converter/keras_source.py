@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,11 @@ from converter.source import IMAGENET_RESIZE, Exported
 OPSET = 17
 RESNET50 = "resnet50"
 RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels.h5"
+# Where and what keras.applications.ResNet50(weights="imagenet") downloads (keras/src/applications/resnet.py).
+RESNET50_WEIGHTS_URL = (
+    "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_WEIGHTS_FILE
+)
+RESNET50_WEIGHTS_MD5 = "2cb95161c43110f7111970584f804107"
 DOWNLOAD_TIMEOUT_S = 30
 PREDICT_BATCH = 16
 
@@ -83,7 +87,8 @@ def _image_shape(shape, where: str, size: tuple[int, int] | None) -> tuple[int, 
     dims = tuple(shape)
     if len(dims) != 4 or dims[-1] != 3:
         raise ConverterError(
-            f"{where}: model input is not an image tensor: shape {dims}, expected [batch, H, W, 3] (RGB, channels last)"
+            f"{where}: model input is not an image tensor: shape {dims}, "
+            "expected [batch, H, W, 3] (RGB, channels last)"
         )
     h, w = dims[1], dims[2]
     if h is None or w is None:
@@ -105,23 +110,51 @@ def _classes(shape, where: str) -> int:
 # ---------------------------------------------------------------------------- ResNet50
 
 
-def _resnet50_imagenet(keras):
-    """keras.applications.ResNet50 with ImageNet weights: the Keras cache, else a download."""
-    cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / RESNET50_WEIGHTS_FILE
-    previous = socket.getdefaulttimeout()
-    # Keras downloads without a timeout; a black-holed network would hang the converter for ever.
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+def resnet50_imagenet_weights(progress: Progress) -> Path:
+    """The Keras ImageNet weights file for ResNet50: from the Keras cache, else downloaded into it.
+
+    Done without TensorFlow (plain urllib with a timeout; Keras' own download has none), so
+    an offline machine gets its one-line error, or ``auto`` its fallback, in a second.
+    """
+    import hashlib
+    import tempfile
+    import urllib.request
+
+    cache = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models" / RESNET50_WEIGHTS_FILE
+
+    def md5(path: Path) -> str:
+        digest = hashlib.md5()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    if cache.is_file() and md5(cache) == RESNET50_WEIGHTS_MD5:
+        return cache
+    progress.stage("downloading", RESNET50_WEIGHTS_URL)
+    tmp_name = None
     try:
-        return keras.applications.ResNet50(weights="imagenet")
-    except Exception as exc:
-        cached = "" if cache.exists() else f" and they are not in the Keras cache ({cache})"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{cache.name}.", dir=cache.parent)
+        with (
+            os.fdopen(fd, "wb") as out,
+            urllib.request.urlopen(RESNET50_WEIGHTS_URL, timeout=DOWNLOAD_TIMEOUT_S) as r,
+        ):
+            while chunk := r.read(1 << 20):
+                out.write(chunk)
+        if md5(Path(tmp_name)) != RESNET50_WEIGHTS_MD5:
+            raise OSError("downloaded file has the wrong MD5")
+        os.replace(tmp_name, cache)
+        return cache
+    except OSError as exc:  # URLError, timeouts and disk errors are all OSErrors
         raise WeightsUnavailable(
-            f"cannot download the Keras ImageNet weights for resnet50 ({_short(exc)}){cached}; "
-            "no internet? use --weights FILE.h5 or --weights random, or `python -m converter auto` "
-            "to fall back to efficientnet-lite0"
+            f"cannot download the Keras ImageNet weights for resnet50 ({_short(exc)}) and they are not in "
+            f"the Keras cache ({cache}); no internet? use --weights FILE.h5 or --weights random, "
+            "or `python -m converter auto` to fall back to efficientnet-lite0"
         ) from None
     finally:
-        socket.setdefaulttimeout(previous)
+        if tmp_name and os.path.exists(tmp_name):
+            os.unlink(tmp_name)
 
 
 def export_resnet50(weights: str, seed: int, progress: Progress, threads: int) -> Exported:
@@ -132,12 +165,13 @@ def export_resnet50(weights: str, seed: int, progress: Progress, threads: int) -
             raise ConverterError(f"no such weights file: {path}")
         if not path.is_file():
             raise ConverterError(f"weights path is not a file: {path}")
-    tf = _tf(threads)
+    weights_file = resnet50_imagenet_weights(progress) if weights == "imagenet" else None
+    _tf(threads)
     import keras
 
     progress.stage("loading", f"keras.applications.ResNet50, weights={weights} (keras {keras.__version__})")
-    if weights == "imagenet":
-        model = _resnet50_imagenet(keras)
+    if weights_file is not None:
+        model = keras.applications.ResNet50(weights=str(weights_file))
         name, source = RESNET50, f"keras.applications.ResNet50, ImageNet weights ({RESNET50_WEIGHTS_FILE})"
     elif weights == "random":
         keras.utils.set_random_seed(seed)
@@ -161,7 +195,6 @@ def export_resnet50(weights: str, seed: int, progress: Progress, threads: int) -
         x = preprocess_input(images.astype(np.float32))
         return np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0))
 
-    del tf
     return Exported(
         name=name,
         core=core,
@@ -195,7 +228,8 @@ def _load_saved_model(tf, path: Path):
     outputs = fn.structured_outputs
     if len(inputs) != 1 or len(outputs) != 1:
         raise ConverterError(
-            f"{path}: expected one input and one output in signature {key!r}, got {len(inputs)} and {len(outputs)}"
+            f"{path}: expected one input and one output in signature {key!r}, "
+            f"got {len(inputs)} and {len(outputs)}"
         )
     (in_name, in_spec), (out_name, out_spec) = next(iter(inputs.items())), next(iter(outputs.items()))
 
@@ -221,7 +255,8 @@ def _load_keras_file(keras, path: Path):
         raise ConverterError(f"cannot load {path} as a Keras model: {_short(exc)}") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ConverterError(
-            f"{path}: expected a model with one input and one output, got {len(model.inputs)} and {len(model.outputs)}"
+            f"{path}: expected a model with one input and one output, "
+            f"got {len(model.inputs)} and {len(model.outputs)}"
         )
     return model, list(model.inputs[0].shape), list(model.outputs[0].shape)
 
@@ -265,7 +300,9 @@ def export_keras(
     check_label_count(label_list, classes, f"labels file {labels}")
 
     def raw(x: np.ndarray) -> np.ndarray:
-        outs = [np.asarray(call(tf.constant(x[i : i + PREDICT_BATCH]))) for i in range(0, len(x), PREDICT_BATCH)]
+        outs = [
+            np.asarray(call(tf.constant(x[i : i + PREDICT_BATCH]))) for i in range(0, len(x), PREDICT_BATCH)
+        ]
         return np.concatenate(outs)
 
     from keras.applications.imagenet_utils import preprocess_input
@@ -273,8 +310,11 @@ def export_keras(
     rng = np.random.default_rng(0)
     probe = rng.integers(0, 256, size=(2, *input_size, 3)).astype(np.float32)
     add_softmax = not _looks_like_probabilities(raw(preprocess_input(probe.copy(), mode=mode)))
-    progress.stage("loading", f"{kind}: input {input_size}, {classes} classes, "
-                   + ("logits: softmax will be added" if add_softmax else "ends in softmax"))
+    progress.stage(
+        "loading",
+        f"{kind}: input {input_size}, {classes} classes, "
+        + ("logits: softmax will be added" if add_softmax else "ends in softmax"),
+    )
 
     core = _to_onnx(lambda x: call(x), input_size, progress, kind)
 

@@ -7,7 +7,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from common.model_file import INPUT_NAME, OUTPUT_NAME, ModelMetadata
@@ -45,7 +45,8 @@ def wrap(
     inputs = [i for i in graph.input if i.name not in init_names]
     if len(inputs) != 1 or len(graph.output) != 1:
         raise ConverterError(
-            f"expected one input and one output in the exported graph, got {len(inputs)} and {len(graph.output)}"
+            "expected one input and one output in the exported graph, "
+            f"got {len(inputs)} and {len(graph.output)}"
         )
     old_in, old_out = inputs[0].name, graph.output[0].name
     out_dims = graph.output[0].type.tensor_type.shape.dim
@@ -64,6 +65,9 @@ def wrap(
         post = [helper.make_node("Identity", [core_out], [OUTPUT_NAME], name="postprocess/identity")]
 
     nodes = pre_nodes + list(graph.node) + post
+    for i, node in enumerate(nodes):
+        if not node.name:  # quantisation excludes nodes by name: every node needs one
+            node.name = f"node_{i}_{node.op_type}"
     del graph.node[:]
     graph.node.extend(nodes)
     graph.initializer.extend(pre_inits)
@@ -81,7 +85,7 @@ def wrap(
 
 def utc_now() -> str:
     """The ``created`` timestamp: ISO 8601, UTC, seconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def set_metadata(model, meta: ModelMetadata, extra: dict[str, str] | None = None) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.model_file import ResizePolicy
 from converter import images as imgs
 from converter import runtime
-from common.model_file import ResizePolicy
 from converter.errors import ParityError
 from converter.source import Reference
 

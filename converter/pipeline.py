@@ -43,8 +43,11 @@ class Result:
 
 def write_model(exported: Exported, out: Path, opts: Options, progress: Progress) -> Result:
     """Wrap, label, check and atomically save ``exported`` at ``out``."""
-    progress.stage("wrapping", f"uint8 NHWC input + {exported.normalisation.describe()}"
-                   + (" + softmax" if exported.add_softmax else ""))
+    progress.stage(
+        "wrapping",
+        f"uint8 NHWC input + {exported.normalisation.describe()}"
+        + (" + softmax" if exported.add_softmax else ""),
+    )
     model = onnx_file.wrap(
         exported.core,
         input_size=exported.input_size,
@@ -66,9 +69,12 @@ def write_model(exported: Exported, out: Path, opts: Options, progress: Progress
     photos = load_photos(opts.photo_dir)
     with onnx_file.staged(out) as staged:
         onnx_file.save(model, staged)
-        progress.stage("parity", f"{exported.tool.split()[0]} source vs onnxruntime, {len(photos)} photos + noise")
-        report = parity.check_fp32(staged, exported.reference, photos, exported.input_size,
-                                   exported.resize, opts.threads)
+        progress.stage(
+            "parity", f"{exported.tool.split()[0]} source vs onnxruntime, {len(photos)} photos + noise"
+        )
+        report = parity.check_fp32(
+            staged, exported.reference, photos, exported.input_size, exported.resize, opts.threads
+        )
         progress.stage("parity", report.line())
     return Result(out, exported.name, model_version(out), out.stat().st_size / 1e6, report, None)
 
@@ -103,8 +109,9 @@ def quantize_int8(fp32_path: Path, opts: Options, progress: Progress, out: Path 
 
 def agreement_line(r: Int8Report) -> str:
     return (
-        f"agreement: int8 top-1 = fp32 top-1 on {r.agree}/{r.total} = {r.agreement:.4f} of the inputs where fp32 "
-        f"leads by >= {r.decisive_margin:g} (gated); {r.agree_all}/{r.total_all} = {r.agree_all / r.total_all:.4f} overall"
+        f"agreement: int8 top-1 = fp32 top-1 on {r.agree}/{r.total} = {r.agreement:.4f} of the inputs "
+        f"where fp32 leads by >= {r.decisive_margin:g} (gated); "
+        f"{r.agree_all}/{r.total_all} = {r.agree_all / r.total_all:.4f} overall"
     )
 
 
@@ -122,9 +129,11 @@ def summary(result: Result, progress: Progress) -> list[str]:
     if result.int8:
         r = result.int8
         lines += [
-            f"int8:      {r.path} ({r.size_mb:.1f} MB, version {r.version}, calibrated on {r.calibration_inputs} inputs)",
+            f"int8:      {r.path} ({r.size_mb:.1f} MB, version {r.version}, "
+            f"calibrated on {r.calibration_inputs} inputs)",
             agreement_line(r),
-            f"speed:     fp32 {r.fp32_ips:.1f} img/s, int8 {r.int8_ips:.1f} img/s ({r.int8_ips / r.fp32_ips:.2f}x), "
+            f"speed:     fp32 {r.fp32_ips:.1f} img/s, int8 {r.int8_ips:.1f} img/s "
+            f"({r.int8_ips / r.fp32_ips:.2f}x), "
             f"batch {r.batch_size}, {r.threads} onnxruntime threads",
         ]
     lines.append(f"elapsed:   {progress.elapsed:.1f}s")

@@ -74,19 +74,29 @@ def onnx_nodes(
     nodes.append(helper.make_node("Cast", [input_name], [cur], to=TensorProto.FLOAT, name=PREFIX + "cast"))
     if norm.bgr:
         inits.append(numpy_helper.from_array(np.array([2, 1, 0], dtype=np.int64), PREFIX + "bgr_order"))
-        nodes.append(helper.make_node("Gather", [cur, PREFIX + "bgr_order"], [PREFIX + "bgr"], axis=3,
-                                      name=PREFIX + "rgb_to_bgr"))
+        nodes.append(
+            helper.make_node(
+                "Gather", [cur, PREFIX + "bgr_order"], [PREFIX + "bgr"], axis=3, name=PREFIX + "rgb_to_bgr"
+            )
+        )
         cur = PREFIX + "bgr"
     inits.append(numpy_helper.from_array(np.asarray(norm.mean, dtype=np.float32), PREFIX + "mean"))
-    nodes.append(helper.make_node("Sub", [cur, PREFIX + "mean"], [PREFIX + "centred"], name=PREFIX + "sub_mean"))
+    nodes.append(
+        helper.make_node("Sub", [cur, PREFIX + "mean"], [PREFIX + "centred"], name=PREFIX + "sub_mean")
+    )
     cur = PREFIX + "centred"
     if any(s != 1.0 for s in norm.std):
         inits.append(numpy_helper.from_array(np.asarray(norm.std, dtype=np.float32), PREFIX + "std"))
-        nodes.append(helper.make_node("Div", [cur, PREFIX + "std"], [PREFIX + "scaled"], name=PREFIX + "div_std"))
+        nodes.append(
+            helper.make_node("Div", [cur, PREFIX + "std"], [PREFIX + "scaled"], name=PREFIX + "div_std")
+        )
         cur = PREFIX + "scaled"
     if channels_first:
-        nodes.append(helper.make_node("Transpose", [cur], [PREFIX + "nchw"], perm=[0, 3, 1, 2],
-                                      name=PREFIX + "to_nchw"))
+        nodes.append(
+            helper.make_node(
+                "Transpose", [cur], [PREFIX + "nchw"], perm=[0, 3, 1, 2], name=PREFIX + "to_nchw"
+            )
+        )
         cur = PREFIX + "nchw"
     nodes.append(helper.make_node("Identity", [cur], [output_name], name=PREFIX + "out"))
     return nodes, inits

