@@ -48,6 +48,8 @@ def _validate(parser: argparse.ArgumentParser, settings: Settings) -> None:
         problems.append(f"ORT_THREADS must be >= 1, got {settings.ort_threads}")
     if settings.prefetch < 1:
         problems.append(f"PREFETCH must be >= 1, got {settings.prefetch}")
+    if settings.delivery_limit < 1:  # 0 would refuse every job as poison
+        problems.append(f"DELIVERY_LIMIT must be >= 1, got {settings.delivery_limit}")
     if settings.max_pixels < 1:
         problems.append(f"MAX_PIXELS must be >= 1, got {settings.max_pixels}")
     if problems:

@@ -49,6 +49,10 @@ CACHE_WRITE_FAILURES = Counter(
     "classifier_cache_write_failures_total",
     "Results not written to Redis (Redis unreachable, or skipped while it is).",
 )
+POISON_JOBS = Counter(
+    "classifier_poison_jobs_total",
+    "Jobs not run because earlier deliveries got no answer (they may crash workers); dead-lettered.",
+)
 IN_HAND = Gauge("classifier_jobs_in_hand", "Jobs received and not yet acknowledged.")
 MODEL = Info("classifier_model", "The model this worker serves.")
 

@@ -108,7 +108,8 @@ class Preprocessor:
                 raise ImageDecodeError(
                     f"the {image.format or 'image'} data is truncated or corrupt ({_describe(exc)})"
                 ) from None
-        return self._resize(rgb)
+            # Inside the `with`: ``rgb`` may be ``image`` itself, which leaving the block closes.
+            return self._resize(rgb)
 
     def _decode_rgb(self, image: Image.Image) -> Image.Image:
         """Decode (reduced when JPEG allows), apply EXIF orientation, convert to RGB."""
@@ -117,8 +118,9 @@ class Preprocessor:
             need_w, need_h = self._needed_size(image.size, swap=orientation in _SWAPPING_ORIENTATIONS)
             image.draft("RGB", (math.ceil(need_w * DRAFT_MARGIN), math.ceil(need_h * DRAFT_MARGIN)))
         image.load()
-        oriented = ImageOps.exif_transpose(image)
-        return _to_rgb(oriented)
+        # In place: exif_transpose would otherwise return a full-size copy of every upright image.
+        ImageOps.exif_transpose(image, in_place=True)
+        return _to_rgb(image)
 
     def _needed_size(self, stored: tuple[int, int], *, swap: bool) -> tuple[float, float]:
         """The (w, h) the whole stored image must keep so the model input loses no detail."""

@@ -22,13 +22,15 @@ while a batch is being inferred: that is what fills the next batch under load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import aio_pika
 import numpy as np
@@ -46,6 +48,7 @@ from classifier.metrics import Outcome
 from classifier.model import Model
 from classifier.preprocess import ImageDecodeError, Preprocessor, configure_pillow
 from common.contract import (
+    MAX_TOP_K,
     ContractError,
     ErrorCode,
     FailureReply,
@@ -57,15 +60,21 @@ from common.contract import (
 from common.settings import Settings
 from common.topology import declare_request_queue
 
+if TYPE_CHECKING:
+    import aiormq
+
 log = logging.getLogger(__name__)
 
 # A reply publish (with its broker confirm) that takes longer than this has failed.
 PUBLISH_TIMEOUT_S = 10.0
 # Deliveries already on the wire when the consumer is cancelled land within this.
 CANCEL_GRACE_S = 0.1
-# Reconnect back-off while the broker is unreachable at start-up.
+# Back-off while the broker is unreachable at start-up, or refuses to let us consume again.
 CONNECT_BACKOFF_S = (0.5, 1, 2, 5, 10)
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Set by quorum queues on a redelivery: how many times the job was delivered before (RabbitMQ's
+# header, not our contract's). On 3.10, delivery n carries n-1 (the first carries none).
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 
 @dataclass(slots=True, eq=False)
@@ -85,7 +94,9 @@ class Settlement:
     message: AbstractIncomingMessage
     reply: Reply
     outcome: Outcome
-    cache_key: str | None = None  # set for successes only: failures are never cached
+    # (key, value) to write to Redis; successes only (failures are never cached). The value
+    # always holds the full top-MAX_TOP_K, whatever this job's top_k: the key has no top_k.
+    cache_entry: tuple[str, bytes] | None = None
 
     @property
     def acknowledge(self) -> bool:
@@ -111,6 +122,9 @@ class Worker:
         self._in_hand = 0  # delivered, not yet settled
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._reconsuming: asyncio.Task[None] | None = None
 
     @property
     def stopping(self) -> bool:
@@ -134,14 +148,16 @@ class Worker:
             self._channel = await self._connection.channel()  # type: ignore[assignment]
             assert self._channel is not None
             await self._channel.set_qos(prefetch_count=self.settings.prefetch)
-            queue = await declare_request_queue(self._channel, self.settings)
+            # The hook lives on the underlying AMQP channel, which a reconnect replaces.
+            self._channel.reopen_callbacks.add(self._watch_consumer_cancel)
+            await self._watch_consumer_cancel(self._channel)
             await self.cache.announce(self.settings.queue_name, self.model.info)
             announcer = asyncio.create_task(
                 self.cache.announce_forever(self.settings.queue_name, self.model.info, ANNOUNCE_EVERY_S),
                 name="announce",
             )
             batch_loop = asyncio.create_task(self._batch_loop(), name="batch-loop")
-            consumer_tag = await queue.consume(self._on_message)
+            await self._consume()
             log.info(
                 "worker ready: queue=%s model=%s version=%s threads=%d batch=%d wait=%gms prefetch=%d",
                 self.settings.queue_name, self.model.info.name, self.model.version,
@@ -149,10 +165,12 @@ class Worker:
                 self.settings.prefetch,
             )
             await self._stop.wait()
-            await self._drain(queue, consumer_tag, batch_loop)
+            await self._drain(batch_loop)
         finally:
             if announcer is not None:
                 announcer.cancel()
+            if self._reconsuming is not None:
+                self._reconsuming.cancel()
             if batch_loop is not None and not batch_loop.done():
                 batch_loop.cancel()
             await self._close()
@@ -167,19 +185,65 @@ class Worker:
                     client_properties={"connection_name": f"classifier {socket.gethostname()} {os.getpid()}"},
                 )
             except (OSError, aio_pika.exceptions.AMQPError) as exc:
-                delay = CONNECT_BACKOFF_S[min(attempt, len(CONNECT_BACKOFF_S) - 1)]
+                delay = _backoff(attempt)
                 log.warning("RabbitMQ unreachable (%s); retrying in %g s", exc, delay)
                 attempt += 1
-                try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                except TimeoutError:
-                    pass
+                await self._sleep_unless_stopped(delay)
         return None
 
-    async def _drain(self, queue: AbstractQueue, consumer_tag: str, batch_loop: asyncio.Task[None]) -> None:
+    async def _sleep_unless_stopped(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+
+    async def _consume(self) -> None:
+        """Declare the topology (both queues) and consume the request queue."""
+        assert self._channel is not None
+        self._queue = await declare_request_queue(self._channel, self.settings)
+        self._consumer_tag = await self._queue.consume(self._on_message)
+
+    async def _watch_consumer_cancel(self, channel: AbstractRobustChannel) -> None:
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
+
+    def _on_consumer_cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        """The broker cancelled our consumer (the queue was deleted, ...): without this,
+        the worker would sit idle, connected and healthy-looking, forever."""
+        if frame.consumer_tag != self._consumer_tag or self.stopping:
+            return
+        log.error(
+            "RabbitMQ cancelled this worker's consumer of queue %r (was it deleted?); "
+            "declaring it again and consuming again", self.settings.queue_name,
+        )
+        if self._reconsuming is None or self._reconsuming.done():
+            self._reconsuming = asyncio.create_task(self._reconsume(), name="reconsume")
+
+    async def _reconsume(self) -> None:
+        queue, tag = self._queue, self._consumer_tag
+        if queue is not None and tag is not None:
+            # Forget the dead consumer (the broker ignores a cancel of an unknown tag), so
+            # that aio-pika's own recovery does not bring it back as a second consumer.
+            with contextlib.suppress(Exception):
+                await queue.cancel(tag, nowait=True)
+        attempt = 0
+        while not self.stopping:
+            try:
+                await self._consume()
+            except Exception as exc:  # noqa: BLE001 - broker trouble: retry with back-off
+                delay = _backoff(attempt)
+                attempt += 1
+                log.warning(
+                    "consuming again failed (%s: %s); retrying in %g s", type(exc).__name__, exc, delay
+                )
+                await self._sleep_unless_stopped(delay)
+                continue
+            log.info("consuming queue %r again", self.settings.queue_name)
+            return
+
+    async def _drain(self, batch_loop: asyncio.Task[None]) -> None:
         """Stop taking jobs; finish, answer and ack every job already received."""
         try:
-            await queue.cancel(consumer_tag)
+            if self._queue is not None and self._consumer_tag is not None:
+                await self._queue.cancel(self._consumer_tag)
         except Exception as exc:  # noqa: BLE001 - the channel may be gone; its jobs return to the queue
             log.warning("could not cancel the consumer cleanly: %s", exc)
         await asyncio.sleep(CANCEL_GRACE_S)
@@ -211,6 +275,23 @@ class Worker:
             self._settle_soon([_internal(message, "the worker failed to accept this job")])
 
     async def _accept(self, message: AbstractIncomingMessage) -> None:
+        delivered = _delivered_before(message)
+        if delivered >= self.settings.delivery_limit:
+            # The quorum queue dead-letters a job returned once more after this delivery, but
+            # silently: the requester would wait for its deadline. So this last delivery is not
+            # run (the job may be what kills workers); it is answered and dead-lettered here.
+            log.error(
+                "job %s (sha256 %s) was delivered %d times without an answer; not running it, "
+                "dead-lettering it", message.correlation_id,
+                str((message.headers or {}).get("sha256", "?"))[:12], delivered,
+            )
+            metrics.POISON_JOBS.inc()
+            self._settle_soon([_internal(
+                message,
+                f"this job was delivered {delivered} times without an answer (it may crash workers); "
+                "dead-lettered",
+            )])
+            return
         try:
             if not message.reply_to or not message.correlation_id:
                 raise ContractError("no reply_to or correlation_id: nobody could receive the answer")
@@ -299,15 +380,17 @@ class Worker:
 
         inference_ms = round(seconds * 1000, 2)
         for (job, _), row in zip(ready, probabilities, strict=True):
-            reply = SuccessReply(
+            full = SuccessReply(
                 sha256=job.headers.sha256,
                 model=self.model.info,
-                top=self.model.top_k(row, job.headers.top_k),
+                top=self.model.top_k(row, MAX_TOP_K),
                 inference_ms=inference_ms,
                 batch_size=len(ready),
             )
-            settlements.append(Settlement(job.message, reply, Outcome.OK,
-                                          cache_key(self.model.version, job.headers.sha256)))
+            # The requester gets its top_k; the cache gets all MAX_TOP_K for whoever asks next.
+            reply = replace(full, top=full.top[: job.headers.top_k])
+            entry = (cache_key(self.model.version, job.headers.sha256), full.to_json())
+            settlements.append(Settlement(job.message, reply, Outcome.OK, entry))
         return settlements
 
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -331,7 +414,7 @@ class Worker:
         published = await asyncio.gather(*(self._publish(s) for s in settlements))
         # Cached even when the reply could not be published: the work is done, and the
         # gateway's retry (or another request for the same image) will find it.
-        await self.cache.store([(s.cache_key, s.reply.to_json()) for s in settlements if s.cache_key])
+        await self.cache.store([s.cache_entry for s in settlements if s.cache_entry])
         for settlement, ok in zip(settlements, published, strict=True):
             metrics.JOBS.labels(outcome=settlement.outcome.value).inc()
             try:
@@ -378,6 +461,18 @@ def _expired(message: AbstractIncomingMessage) -> Settlement:
 
 def _internal(message: AbstractIncomingMessage, text: str) -> Settlement:
     return Settlement(message, FailureReply(ErrorCode.INTERNAL, text), Outcome.INTERNAL)
+
+
+def _backoff(attempt: int) -> float:
+    return CONNECT_BACKOFF_S[min(attempt, len(CONNECT_BACKOFF_S) - 1)]
+
+
+def _delivered_before(message: AbstractIncomingMessage) -> int:
+    """How many times the broker delivered this job before this delivery (0 if never)."""
+    try:
+        return int((message.headers or {}).get(DELIVERY_COUNT_HEADER, 0))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
 
 
 def _log_reconnected(*_: object) -> None:

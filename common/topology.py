@@ -13,8 +13,10 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from common.contract import dead_letter_queue
 from common.settings import Settings
 
-# The dead-letter queue is for inspection; bound it so a flood of poison cannot fill the disk.
+# The dead-letter queue is for inspection; bound it so a flood of poison cannot fill the disk:
+# by count, and by bytes (10 000 jobs of up to MAX_UPLOAD_MB each could still be 100 GB).
 DEAD_LETTER_MAX_LENGTH = 10_000
+DEAD_LETTER_MAX_BYTES = 256 * 1024 * 1024
 
 def request_queue_arguments(settings: Settings) -> dict[str, Any]:
     """Arguments of the request queue.
@@ -38,7 +40,11 @@ async def declare_request_queue(channel: AbstractChannel, settings: Settings) ->
     await channel.declare_queue(
         dead_letter_queue(settings.queue_name),
         durable=True,
-        arguments={"x-max-length": DEAD_LETTER_MAX_LENGTH, "x-overflow": "drop-head"},
+        arguments={
+            "x-max-length": DEAD_LETTER_MAX_LENGTH,
+            "x-max-length-bytes": DEAD_LETTER_MAX_BYTES,
+            "x-overflow": "drop-head",
+        },
     )
     return await channel.declare_queue(
         settings.queue_name, durable=True, arguments=request_queue_arguments(settings)

@@ -16,10 +16,10 @@ import time
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from common.contract import (
-    MAX_TOP_K,
     ContractError,
     ModelInfo,
     SuccessReply,
@@ -46,7 +46,10 @@ class ResultCache:
             redis_url,
             socket_timeout=SOCKET_TIMEOUT_S,
             socket_connect_timeout=SOCKET_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),  # no retries: a miss is cheaper than a slow answer
+            # One immediate retry, on a dropped connection only: after a Redis restart each
+            # pooled connection fails once, and without it each would cost a miss and a back-off.
+            # No retry on a timeout: a miss is cheaper than a slow answer.
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self._announcement_key = model_announcement_key(queue_name)
         self._model: ModelInfo | None = None
@@ -104,10 +107,6 @@ class ResultCache:
             or reply.sha256 != sha256
             or reply.model.version != model.version
         ):
-            return None
-        # Workers cache the top_k a job asked for; an entry made for a smaller top_k cannot
-        # answer every request (the key has no top_k), so it counts as a miss and is redone.
-        if len(reply.top) < MAX_TOP_K:
             return None
         return reply
 

@@ -33,6 +33,7 @@ from gateway.errors import (
     ServiceUnavailable,
     UnprocessableImage,
 )
+from gateway.image_size import check_pixel_limit
 from gateway.metrics import GatewayMetrics
 from gateway.rpc import BrokerUnavailable, DeadlineExceeded, MalformedReply, QueueFull, RpcClient
 from gateway.singleflight import SingleFlight
@@ -106,6 +107,7 @@ class Predictor:
     async def predict(self, request: web.Request, top_k: int) -> PredictionResult:
         started = time.perf_counter()
         upload = await read_upload(request, self.settings.max_upload_bytes)
+        check_pixel_limit(upload, self.settings.max_pixels)  # a bomb is neither stored nor published
         image_id = await self.store.save(upload)
         # The deadline starts once the upload is in: a slow client's upload does not eat the worker's time.
         deadline_ms = now_ms() + int(self.settings.request_timeout_s * 1000)

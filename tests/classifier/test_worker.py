@@ -74,9 +74,12 @@ async def test_coffee_is_espresso_replied_cached_and_acked(
     assert data["model"] == {"name": "efficientnet-lite0", "version": version}
     assert data["batch_size"] == 1 and 0 < data["inference_ms"] < 5_000
 
-    # Cached before the ack: the entry is this very reply, with the configured TTL.
+    # Cached before the ack, with the configured TTL: this reply, but with the full top-5
+    # (the key has no top_k, so the entry must answer any top_k).
     key = cache_key(version, sha(body))
-    assert await cached_value(redis_client, key) == reply.body
+    entry = json.loads(await cached_value(redis_client, key))
+    assert len(entry["top"]) == 5 and entry["top"][:3] == data["top"]
+    assert {**entry, "top": data["top"]} == data
     assert 0 < await redis_client.ttl(key) <= CACHE_TTL_S
 
     # The model is announced for the gateway.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.support import rabbitmq_api
 from tests.support.load import run_load
-from tests.support.metrics import worker_jobs
+from tests.support.metrics import wait_for_worker_jobs, worker_jobs
 from tests.support.processes import REPO_ROOT, ServiceProcess, free_port, http_ok, service_env, start_worker
 
 
@@ -45,6 +45,7 @@ async def test_stack_scales_from_one_worker_to_three(stack_env, queue_name, dist
 
         result = await run_load(f"{base_url}/predict", distinct_jpegs, concurrency=12, deadline_s=15, total=150)
         assert result.statuses[200] == 150, result.summary()
+        wait_for_worker_jobs(first_metrics_port, 1)
         jobs = [worker_jobs(first_metrics_port)] + [worker_jobs(w.metrics_port) for w in extra]  # type: ignore[attr-defined]
         print(f"\n[scaling] consumers 1 -> 3; jobs per worker under load: {jobs}")
         assert sum(jobs) == 150

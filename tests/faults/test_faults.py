@@ -17,6 +17,7 @@ import psutil
 
 from tests.support import rabbitmq_api
 from tests.support.load import LoadResult, run_load
+from tests.support.metrics import wait_for_worker_jobs
 
 DEADLINE_S = 6
 
@@ -44,19 +45,23 @@ def readiness(base_url: str) -> tuple[int, dict]:
 async def test_worker_killed_under_load(gateway, workers, distinct_jpegs, queue_name):
     doomed, survivor = workers(), workers()
     gw = gateway(REQUEST_TIMEOUT_S=DEADLINE_S)
+    total = 300
     load = asyncio.create_task(
-        run_load(f"{gw.base_url}/predict", distinct_jpegs[:120], concurrency=8, deadline_s=DEADLINE_S, total=120)
+        run_load(f"{gw.base_url}/predict", distinct_jpegs, concurrency=8, deadline_s=DEADLINE_S,
+                 total=total, unique=True)
     )
-    await asyncio.sleep(2.0)
+    # Kill it mid-run, while it holds jobs: after it has done some, long before the load ends.
+    await asyncio.to_thread(wait_for_worker_jobs, doomed.metrics_port, 20)
+    assert not load.done()
     doomed.kill()  # SIGKILL: its unacknowledged jobs go back to the queue
     result = await load
     report("kill -9 a worker", result)
 
-    assert_all_answered(result, sent=120)
+    assert_all_answered(result, sent=total)
     # The survivor took over the dead worker's jobs; only a deadline can cost a request.
-    assert result.statuses[200] >= 110, result.summary()
-    drained = rabbitmq_api.wait_until_drained(queue_name)
-    assert drained["consumers"] == 1
+    assert result.statuses[200] >= total - 10, result.summary()
+    rabbitmq_api.wait_until_drained(queue_name)
+    rabbitmq_api.wait_for(lambda: rabbitmq_api.queue(queue_name).get("consumers") == 1, what="1 consumer")
     assert survivor.proc.poll() is None
 
 
@@ -67,7 +72,8 @@ async def test_broker_stopped_and_started_under_load(
     worker = workers(**env)
     gw = gateway(**env)
     load = asyncio.create_task(
-        run_load(f"{gw.base_url}/predict", distinct_jpegs, concurrency=4, deadline_s=DEADLINE_S, duration_s=30)
+        run_load(f"{gw.base_url}/predict", distinct_jpegs, concurrency=4, deadline_s=DEADLINE_S, duration_s=30,
+                 unique=True)
     )
     await asyncio.sleep(4)
     await asyncio.to_thread(private_rabbitmq.stop_app)
@@ -147,7 +153,7 @@ async def test_overload_at_ten_times_capacity(gateway, workers, distinct_jpegs, 
                 await asyncio.sleep(0.5)
 
     result, _ = await asyncio.gather(
-        run_load(url, distinct_jpegs[40:], concurrency=80, deadline_s=DEADLINE_S, duration_s=30),
+        run_load(url, distinct_jpegs[40:], concurrency=80, deadline_s=DEADLINE_S, duration_s=30, unique=True),
         feedback_writer(),
     )
     report("overload x10 for 30 s", result)

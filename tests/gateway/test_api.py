@@ -512,13 +512,3 @@ async def test_metrics_are_prometheus_text(gateway_client: TestClient) -> None:
 async def _ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
     """A consumer that takes nothing away (it never acks): it only has to exist."""
 
-
-async def test_cache_entry_with_fewer_than_five_labels_is_a_miss(
-    gateway_client: TestClient, photos, announce_model, put_cached
-) -> None:
-    """Workers cache the top_k a job asked for; such an entry cannot answer a top-5 request."""
-    data = photos["astronaut"].read_bytes()
-    announce_model(MODEL)
-    put_cached(make_reply(hashlib.sha256(data).hexdigest(), MODEL, [("suit", 0.5), ("mask", 0.2)]))
-    response = await gateway_client.post("/predict?top_k=2", data=form(data))
-    await assert_error(response, 504, "no classifier answered")

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.support import rabbitmq_api
-from tests.support.metrics import worker_jobs
+from tests.support.metrics import wait_for_worker_jobs, worker_jobs
 
 CAT_LABELS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
 
@@ -42,7 +42,7 @@ async def test_photo_is_classified_then_served_from_cache(gateway, workers, phot
         assert len(first["model"]["version"]) == 12
         assert len(first["top_k"]) == 5
         assert first["image"].endswith(".jpg") and len(first["image"]) == 64 + 4
-        jobs_after_first = worker_jobs(worker.metrics_port)
+        jobs_after_first = wait_for_worker_jobs(worker.metrics_port, 1)
         assert jobs_after_first == 1
 
         status, second, _ = await predict(session, gw.base_url, photos["coffee"])
@@ -87,6 +87,8 @@ async def test_two_workers_share_one_queue(gateway, workers, photos, queue_name,
 
         statuses = await asyncio.gather(*(post(body) for body in bodies))
     assert statuses == [200] * len(bodies)
+    wait_for_worker_jobs(first.metrics_port, 1)
+    wait_for_worker_jobs(second.metrics_port, len(bodies) - worker_jobs(first.metrics_port))
     counts = [worker_jobs(first.metrics_port), worker_jobs(second.metrics_port)]
     assert sum(counts) == len(bodies)
     assert all(count > 0 for count in counts), counts
@@ -99,6 +101,8 @@ async def test_concurrent_identical_uploads_cause_one_inference(gateway, workers
         results = await asyncio.gather(*(predict(session, gw.base_url, photos["astronaut"]) for _ in range(20)))
     assert [status for status, _, _ in results] == [200] * 20
     assert len({body["prediction"] for _, body, _ in results}) == 1
+    assert wait_for_worker_jobs(worker.metrics_port, 1) == 1
+    await asyncio.sleep(0.5)  # a second job, if any, would be counted by now
     assert worker_jobs(worker.metrics_port) == 1
 
 

@@ -47,12 +47,19 @@ async def run_load(
     total: int | None = None,
     duration_s: float | None = None,
     grace_s: float = 1.0,
+    unique: bool = False,
 ) -> LoadResult:
-    """POST the bodies (cycled) as multipart `file` uploads until `total` are sent or `duration_s` passes."""
+    """POST the bodies (cycled) as multipart `file` uploads until `total` are sent or `duration_s` passes.
+
+    ``unique`` appends a counter after each JPEG's end-of-image marker: the pixels
+    are the same, the bytes (and so the cache key) are new, so every request is a
+    cache miss however long the run.
+    """
     assert total or duration_s, "a load run needs a bound"
     result = LoadResult()
     bodies_cycle = itertools.cycle(bodies)
     sent = itertools.count()
+    unique_ids = itertools.count()
     run_started = time.monotonic()
     stop_at = run_started + (duration_s or 3600)
     timeout = aiohttp.ClientTimeout(total=deadline_s + grace_s + 2)
@@ -83,7 +90,10 @@ async def run_load(
         while time.monotonic() < stop_at:
             if total is not None and next(sent) >= total:
                 return
-            await one(session, next(bodies_cycle))
+            body = next(bodies_cycle)
+            if unique:
+                body += b"run-%d" % next(unique_ids)
+            await one(session, body)
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -30,6 +31,15 @@ def total(samples: list[tuple[str, dict[str, str], float]], name: str, **labels:
 def worker_jobs(metrics_port: int, outcome: str = "ok") -> float:
     """How many jobs a worker has finished with ``outcome`` (its own metrics port)."""
     return total(scrape(f"http://127.0.0.1:{metrics_port}/metrics"), WORKER_JOBS_METRIC, outcome=outcome)
+
+
+def wait_for_worker_jobs(metrics_port: int, expected: float, outcome: str = "ok", timeout: float = 10) -> float:
+    """A worker counts a job once it is replied, cached and acknowledged, a moment after the
+    client has its answer: poll until the count reaches ``expected`` (or time runs out)."""
+    deadline = time.monotonic() + timeout
+    while (count := worker_jobs(metrics_port, outcome)) < expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return count
 
 
 WORKER_JOBS_METRIC = "classifier_jobs_total"
