@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 
 import aiohttp
 import pytest
 
+from common.contract import cache_key
 from gateway.state import GATEWAY
 from tests.gateway.broker_admin import close_connection
 from tests.gateway.test_api import assert_error, form
@@ -16,7 +18,9 @@ from tests.gateway.test_api import assert_error, form
 WORKER_TIMEOUT_S = 20.0
 
 
-async def test_photo_is_classified_cached_and_a_broken_jpeg_is_422(make_gateway, workers, photos) -> None:
+async def test_photo_is_classified_cached_and_a_broken_jpeg_is_422(
+    make_gateway, workers, photos, redis_client
+) -> None:
     workers()
     client = await make_gateway(request_timeout_s=WORKER_TIMEOUT_S)
     ready = await client.get("/health/ready")
@@ -31,6 +35,12 @@ async def test_photo_is_classified_cached_and_a_broken_jpeg_is_422(make_gateway,
     assert len(body["top_k"]) == 3 and body["top_k"][0] == {"label": "espresso", "score": body["score"]}
     assert len(body["model"]["version"]) == 12
 
+    # The worker replies first, then caches, then acks: wait for the cache entry before asking again.
+    key = cache_key(body["model"]["version"], hashlib.sha256(data).hexdigest())
+    for _ in range(50):
+        if redis_client.exists(key):
+            break
+        await asyncio.sleep(0.1)
     again = await (await client.post("/predict", data=data, headers={"Content-Type": "image/jpeg"})).json()
     assert again["cached"] is True and again["prediction"] == "espresso" and len(again["top_k"]) == 5
 
