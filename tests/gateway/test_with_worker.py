@@ -12,7 +12,7 @@ import pytest
 
 from common.contract import cache_key
 from gateway.state import GATEWAY
-from tests.gateway.broker_admin import close_connection
+from tests.support.rabbitmq_api import close_connection
 from tests.gateway.test_api import assert_error, form
 
 WORKER_TIMEOUT_S = 20.0

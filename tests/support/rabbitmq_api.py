@@ -46,6 +46,15 @@ class ManagementAPI:
         names = [q["name"] for q in self._request("GET", "queues/%2F?columns=name")]
         return [name for name in names if name.startswith(prefix)]
 
+    def close_connection(self, connection_name: str) -> bool:
+        """Close, from the broker side, the connection whose client named itself ``connection_name``;
+        False if it is not listed (yet)."""
+        for connection in self._request("GET", "connections"):
+            if connection.get("client_properties", {}).get("connection_name") == connection_name:
+                self._request("DELETE", f"connections/{urllib.parse.quote(connection['name'], safe='')}")
+                return True
+        return False
+
     def wait_for(self, predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
         """Poll until predicate() is truthy; the API's statistics lag by a few seconds."""
         deadline = time.monotonic() + timeout
@@ -80,3 +89,4 @@ delete_queue = DEFAULT.delete_queue
 list_queues = DEFAULT.list_queues
 wait_for = DEFAULT.wait_for
 wait_until_drained = DEFAULT.wait_until_drained
+close_connection = DEFAULT.close_connection
