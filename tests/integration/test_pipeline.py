@@ -242,3 +242,21 @@ async def test_oversized_upload_is_refused_while_streaming(gateway, photos):
     assert status == 413, body
     assert "MB" in body["error"]
     assert sent < 20 * 1024 * 1024, "the gateway read the whole oversized upload"
+
+
+async def test_sigterm_lets_requests_in_flight_finish(gateway, workers, photos):
+    # The worker holds each job ~1.5 s (batch wait), so the request is in flight at the SIGTERM.
+    workers(BATCH_WAIT_MS=1500, MAX_BATCH=64)
+    gw = gateway()
+    async with aiohttp.ClientSession() as session:
+        in_flight = asyncio.create_task(predict(session, gw.base_url, photos["chelsea"]))
+        await asyncio.sleep(0.5)
+        gw.proc.terminate()
+        status, body, _ = await asyncio.wait_for(in_flight, 15)
+        assert status == 200, body
+        assert CAT_LABELS & {entry["label"] for entry in body["top_k"]}
+        # No new request is accepted once it is stopping.
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await predict(session, gw.base_url, photos["coffee"])
+    assert await asyncio.to_thread(gw.proc.wait, 20) == 0
+    assert "shutting down" in gw.log_text()
