@@ -18,8 +18,11 @@ worker: setup-run
 test: setup-dev services system-packages models
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup-dev services models
-	$(PY) -m perf.bench
+# The benchmark (perf/REPORT.md): makes its own ResNet50 random-weight models once; under 10 minutes.
+bench: services
+	scripts/setup_venv.sh perf
+	perf/ensure_wrk.sh
+	$(PY) -m perf.bench $(BENCH_ARGS)
 
 setup-run:
 	scripts/setup_venv.sh run

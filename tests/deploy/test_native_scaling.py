@@ -15,7 +15,7 @@ from pathlib import Path
 from tests.support import rabbitmq_api
 from tests.support.load import run_load
 from tests.support.metrics import wait_for_worker_jobs, worker_jobs
-from tests.support.processes import REPO_ROOT, ServiceProcess, free_port, http_ok, service_env, start_worker
+from tests.support.processes import ServiceProcess, free_port, http_ok, service_env, start_worker
 
 
 async def test_stack_scales_from_one_worker_to_three(stack_env, queue_name, distinct_jpegs, tmp_path: Path):

@@ -1,0 +1,390 @@
+"""``python -m perf.bench`` (``make bench``): the whole benchmark in one run, then its report.
+
+1. models: ResNet50 with random weights, fp32 and int8, made once by the
+   converter into ``perf/models/`` (skipped when present);
+2. photos: a pool of distinct photos from ``tests/data`` (:mod:`perf.photos`);
+3. the in-process ceiling (:mod:`perf.ceiling`) per model, layout and batch size;
+4. int8 vs fp32 agreement on the same photos (:mod:`perf.agreement`);
+5. the seed's way: Keras predict one image at a time (:mod:`perf.seed_baseline`);
+6. the pipeline end to end through HTTP (:mod:`perf.pipeline`): cache misses at
+   saturation for 1 worker x 2 threads and 2 workers x 1 thread, one client, cache hits;
+   per model, after the ceiling's and the pipeline's sweeps, ``--rounds`` alternating rounds of the
+   ceiling (best configuration) and the pipeline (best layout); each side's best round makes the ratio;
+7. stress points with locust (:mod:`perf.stress`), unless ``--no-stress``;
+8. py-spy profiles of the gateway and a worker under load (:mod:`perf.profile`), unless ``--no-profile``.
+
+Writes ``perf/results/<timestamp>.json``, ``perf/REPORT.md`` and ``perf/plots/*.png``,
+and prints the ratio table with PASS/MISS per bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from common.model_file import model_version
+from common.settings import Settings
+from perf import photos, pipeline, plots, profile, report, stress
+from perf.paths import (
+    FP32_MODEL, INT8_MODEL, MODELS_DIR, PLOTS_DIR, REPO_ROOT, REPORT_PATH, RESULTS_DIR, RUN_DIR,
+)
+from perf.ceiling import run_layout
+from perf.pipeline import Layout
+from perf.services import Stack
+from perf.stats import machine_busy_cores
+
+LAYOUTS = (Layout(1, 2), Layout(2, 1))
+POOL_SIZE = 1500
+HIT_PHOTOS = 16  # the small pool for cache hits
+LITE0 = (REPO_ROOT / "models" / "efficientnet-lite0.onnx", REPO_ROOT / "models" / "efficientnet-lite0-int8.onnx")
+
+
+def log(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _json_from(cmd: list[str], timeout: float) -> dict[str, Any]:
+    out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ensure_models_and_photos() -> tuple[dict[str, Any], list[Path]]:
+    """Make the random-weight ResNet50 fp32 + int8 once (the converter peaks at ~8 GB: one
+    conversion at a time on the machine), and the photo pool meanwhile (nothing is measured yet)."""
+    converting: subprocess.Popen[bytes] | None = None
+    if not (FP32_MODEL.exists() and INT8_MODEL.exists()):
+        busy = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+                if "converter" in " ".join(p.info["cmdline"] or []) and p.info["pid"] != os.getpid()]
+        if busy:
+            log(f"another converter is running (pids {busy}); waiting for it before converting")
+            psutil.wait_procs([psutil.Process(p) for p in busy if psutil.pid_exists(p)], timeout=900)
+        log("making ResNet50 (random weights) fp32 + int8 with the converter (a few minutes, once)")
+        converting = subprocess.Popen([sys.executable, "-m", "converter", "resnet50", "--weights", "random",
+                                       "--int8", "--out-dir", str(MODELS_DIR)], cwd=REPO_ROOT)
+    t = time.monotonic()
+    pool = photos.make_pool(POOL_SIZE)
+    if converting is not None:
+        if converting.wait() != 0:
+            raise SystemExit(f"the converter failed ({converting.returncode})")
+        log(f"models made in {time.monotonic() - t:.0f} s")
+    return _model_facts(), pool
+
+
+def _model_facts() -> dict[str, Any]:
+    return {
+        name: {"path": str(path.relative_to(REPO_ROOT)), "version": model_version(path),
+               "size_mb": round(path.stat().st_size / 1e6, 1)}
+        for name, path in (("fp32", FP32_MODEL), ("int8", INT8_MODEL))
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "host": platform.node(),
+        "cpu": platform.processor() or _cpu_model(),
+        "cores": psutil.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "onnxruntime": _version("onnxruntime"),
+        "load_avg_before": [round(x, 2) for x in os.getloadavg()],
+        "busy_cores_before": round(machine_busy_cores(2.0), 2),
+        "heavy_processes_before": _heavy_processes(),
+    }
+
+
+def wait_quiet(limit_s: float, busy_below: float = 0.3, calm_checks: int = 3) -> float:
+    """Wait until the machine's busy cores stay under ``busy_below`` for ``calm_checks`` 2-second
+    checks in a row (other engineers share it), at most ``limit_s``; returns the seconds waited."""
+    t0, calm = time.monotonic(), 0
+    while time.monotonic() - t0 < limit_s and calm < calm_checks:
+        busy = machine_busy_cores(2.0)
+        calm = calm + 1 if busy < busy_below else 0
+    waited = time.monotonic() - t0
+    log(f"waited {waited:.0f} s for a quiet machine ({'found' if calm >= calm_checks else 'gave up'})")
+    return round(waited, 1)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
+
+
+def _heavy_processes(threshold: float = 20.0) -> list[str]:
+    """Processes using over ``threshold``% of a core over one second (someone else's work)."""
+    procs = list(psutil.process_iter(["pid", "cmdline"]))
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(1.0)
+    heavy = []
+    for p in procs:
+        try:
+            cpu = p.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if cpu >= threshold and p.pid != os.getpid():
+            heavy.append(f"{cpu:.0f}% {' '.join(p.info['cmdline'] or [])[:100]}")
+    return heavy
+
+
+def ceiling(name: str, path: Path, photo_dir: Path, seconds: float) -> dict[str, Any]:
+    """The in-process ceiling of one model: every layout and batch size, plus ORT batch-1 latency."""
+    base = [sys.executable, "-m", "perf.ceiling", "--model", str(path), "--photo-dir", str(photo_dir)]
+    lat = _json_from(base + ["--threads", "2", "--latency"], 300)
+    configs = []
+    for layout, batches in ((Layout(1, 2), [1, 8, 16]), (Layout(2, 1), [1, 8])):
+        configs += run_layout(path, photo_dir, processes=layout.workers, threads=layout.threads, batches=batches,
+                              seconds=seconds, count=400)
+    best = max(configs, key=lambda c: c["ips"])
+    # The workers' MAX_BATCH per layout: the ceiling's best among the micro-batch sizes (>= 8); a batch
+    # of 1 in the worker pays its per-batch costs (thread hops, publish, Redis, ack) once per image.
+    best_batch = {lay.name: max((c for c in configs if c["layout"] == lay.name and c["batch"] >= 8),
+                                key=lambda c: c["ips"])["batch"] for lay in LAYOUTS}
+    log(f"ceiling {name}: best {best['ips']:.1f} img/s ({best['layout']}, batch {best['batch']}); "
+        f"ORT batch-1 p50 {lat['ort_batch1_ms']['p50']:.1f} ms; decode {lat['decode_ms']:.1f} ms")
+    return {"configs": configs, "best": best, "best_batch": best_batch, **lat}
+
+
+def agreements(photo_dir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    pairs = [("resnet50-random", FP32_MODEL, INT8_MODEL)]
+    if all(p.exists() for p in LITE0):
+        pairs.append(("efficientnet-lite0", *LITE0))
+    for name, a, b in pairs:
+        out[name] = _json_from([sys.executable, "-m", "perf.agreement", "--fp32", str(a), "--int8", str(b),
+                                "--photo-dir", str(photo_dir), "--count", "256"], 300)
+        log(f"agreement {name}: top-1 {out[name]['agreement']:.4f} on {out[name]['photos']} photos "
+            f"({out[name]['fp32_distinct_top1']} distinct fp32 classes)")
+    return out
+
+
+def seed_baseline(photo_dir: Path, seconds: float, rounds: int) -> dict[str, Any]:
+    result = _json_from([sys.executable, "-m", "perf.seed_baseline", "--photo-dir", str(photo_dir),
+                         "--seconds", str(seconds), "--rounds", str(rounds)], 600)
+    log(f"seed's way (Keras predict, one image at a time): best of {rounds} rounds {result['ips']:.2f} img/s "
+        "(" + ", ".join(f"{r['ips']:.2f}" for r in result["rounds"]) + ")")
+    return result
+
+
+def end_to_end(stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: dict[str, Any],
+               args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Saturation for each layout, then one client (1x2), for one model."""
+    e2e: dict[str, Any] = {}
+    tail = POOL_SIZE - 300  # photos kept for the one-client runs (never seen at saturation)
+    for layout in LAYOUTS:
+        batch = ceiling["best_batch"][layout.name]
+        r = pipeline.saturation(stack, path, layout, max_batch=batch, photo_dir=photo_dir, first=0,
+                                count=tail, seconds=args.sweep_seconds, warmup=args.warmup)
+        e2e[layout.name] = r
+        log(f"e2e {name} {layout.name} batch {batch}: {r['rps']:.1f} req/s, p50 {r['latency_ms']['p50']:.0f} ms, "
+            f"statuses {r['statuses']}, cpu {r['cpu_cores']}")
+    batch = ceiling["best_batch"]["1x2"]
+    stack.flush_redis()
+    stack.start_workers(path, 1, 2, batch, 2 * batch)
+    try:
+        one = pipeline.one_client(stack, photo_dir, first=tail, count=300, seconds=args.one_client_seconds)
+    finally:
+        stack.stop_workers()
+    m = one["miss"]["latency_ms"]
+    log(f"one client {name}: p50 {m['p50']:.1f} ms, p95 {m['p95']:.1f} ms; breakdown "
+        + ", ".join(f"{k} {v:.1f}" for k, v in one["breakdown_ms"].items()))
+    return e2e, one
+
+
+def drift_rounds(stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: dict[str, Any],
+                 e2e: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The two sides of the ceiling ratio in alternating rounds (ceiling, pipeline, ceiling, ...), each
+    side at its best configuration from the sweeps; the host's speed drifts from minute to minute, so
+    each side keeps its best round (as ``converter/bench.py`` does) and every round is recorded."""
+    cfg = ceiling["best"]
+    c_layout = next(lay for lay in LAYOUTS if lay.name == cfg["layout"])
+    e_layout = next(lay for lay in LAYOUTS if lay.name == max(e2e, key=lambda k: e2e[k]["rps"]))
+    batch = ceiling["best_batch"][e_layout.name]
+    out: dict[str, Any] = {"rule": "best", "ceiling_config": {"layout": c_layout.name, "batch": cfg["batch"]},
+                           "e2e_layout": e_layout.name, "e2e_max_batch": batch,
+                           "ceiling_seconds": args.round_ceiling_seconds, "e2e_seconds": args.seconds,
+                           "ceiling": [], "e2e": []}
+    for i in range(1, args.rounds + 1):
+        c = run_layout(path, photo_dir, processes=c_layout.workers, threads=c_layout.threads, batches=[cfg["batch"]],
+                       seconds=args.round_ceiling_seconds, count=400)[0]
+        out["ceiling"].append({"round": i, "ips": c["ips"], "others_cores": c["others_cores"],
+                               "late_start_s": c["late_start_s"]})
+        r = pipeline.saturation(stack, path, e_layout, max_batch=batch, photo_dir=photo_dir, first=0,
+                                count=POOL_SIZE - 300, seconds=args.seconds, warmup=args.warmup)
+        out["e2e"].append({"round": i, "rps": r["rps"], "p50_ms": r["latency_ms"]["p50"],
+                           "p95_ms": r["latency_ms"]["p95"], "statuses": r["statuses"],
+                           "others_cores": r["cpu_cores"].get("others"),
+                           "workers_cores": r["cpu_cores"].get("workers")})
+        log(f"round {i} {name}: ceiling {c['ips']:.1f} img/s ({c_layout.name}, batch {cfg['batch']}), "
+            f"e2e {r['rps']:.1f} req/s ({e_layout.name}, batch {batch})")
+    out["ceiling_best"] = max(x["ips"] for x in out["ceiling"])
+    out["e2e_best"] = max(x["rps"] for x in out["e2e"])
+    log(f"rounds {name}: best e2e {out['e2e_best']:.1f} / best ceiling {out['ceiling_best']:.1f} = "
+        f"{out['e2e_best'] / out['ceiling_best']:.3f}")
+    return out
+
+
+def _note_others(results: dict[str, Any], when: str) -> None:
+    heavy = _heavy_processes()
+    results.setdefault("machine", {}).setdefault("heavy_processes", {})[when] = heavy
+    if heavy:
+        log(f"other heavy processes {when}: {heavy}")
+
+
+def hits(stack: Stack, pool: list[Path], args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    stack.flush_redis()
+    stack.start_workers(INT8_MODEL, 1, 2, 8, 16)
+    try:
+        r = pipeline.cache_hits(stack, pool[POOL_SIZE - HIT_PHOTOS :], connections=args.hit_connections,
+                                seconds=args.hit_seconds, run_dir=run_dir)
+    finally:
+        stack.stop_workers()
+    log(f"cache hits: {r['rps']:.0f} req/s, p50 {r['latency_ms']['p50']:.2f} ms ({r['tool']}, "
+        f"{args.hit_connections} connections, load generator {r['loadgen_cpu_cores']:.2f} cores)")
+    return r
+
+
+def profiles(stack: Stack, photo_dir: Path, ceiling: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Profile the gateway and the worker during int8 cache misses at saturation (1x2), then cache hits."""
+    out: dict[str, Any] = {}
+    if not profile.available():
+        return {"skipped": "py-spy not installed"}
+    batch = ceiling["int8"]["best_batch"]["1x2"]
+    stack.flush_redis()
+    stack.start_workers(INT8_MODEL, 1, 2, batch, 2 * batch)
+    try:
+        cmd = pipeline._loadgen_cmd(stack.base_url + "/predict", photo_dir, 0, POOL_SIZE - 300, 16, 9, 1)
+        load = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        assert stack.gateway is not None
+        files = profile.record({"gateway-misses": stack.gateway.pid, "worker-misses": stack.workers[0].pid},
+                               7, run_dir / "profiles")
+        load.communicate(timeout=60)
+        for name, path in files.items():
+            out[name] = profile.top(path)
+    finally:
+        stack.stop_workers()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured window at saturation")
+    parser.add_argument("--warmup", type=float, default=2.0, help="excluded warm-up before each window")
+    parser.add_argument("--ceiling-seconds", type=float, default=2.5,
+                        help="window per configuration in the ceiling's layout/batch sweep")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating ceiling / pipeline rounds per model for the ratio (best of each side)")
+    parser.add_argument("--round-ceiling-seconds", type=float, default=8.0, help="ceiling window per round")
+    parser.add_argument("--sweep-seconds", type=float, default=5.0,
+                        help="measured window of the pipeline's layout sweep (the rounds use --seconds)")
+    parser.add_argument("--seed-seconds", type=float, default=4.0, help="per seed round")
+    parser.add_argument("--one-client-seconds", type=float, default=5.0)
+    parser.add_argument("--hit-seconds", type=float, default=6.0)
+    parser.add_argument("--hit-connections", type=int, default=4)
+    parser.add_argument("--stress-seconds", type=float, default=6.0)
+    parser.add_argument("--stress-users", type=int, nargs="+", default=[1, 8, 32, 128, 384])
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                        help="first wait up to S seconds for other processes to leave the cores idle")
+    parser.add_argument("--no-stress", action="store_true")
+    parser.add_argument("--no-profile", action="store_true")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = RUN_DIR / f"bench-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"timestamp": stamp, "args": vars(args)}
+    results["models"], pool = ensure_models_and_photos()
+    if args.wait_quiet > 0:
+        results["waited_for_quiet_s"] = wait_quiet(args.wait_quiet)
+    results["machine"] = machine()
+    log(f"load average {results['machine']['load_avg_before']}, busy cores {results['machine']['busy_cores_before']}"
+        + (f"; other heavy processes: {results['machine']['heavy_processes_before']}"
+           if results["machine"]["heavy_processes_before"] else ""))
+    photo_dir = pool[0].parent
+    sizes = [p.stat().st_size for p in pool]
+    results["photos"] = {"count": len(pool), "mean_kib": round(sum(sizes) / len(sizes) / 1024, 1),
+                         "dir": str(photo_dir.relative_to(REPO_ROOT))}
+    results["settings"] = _settings()
+
+    results["seed"] = seed_baseline(photo_dir, args.seed_seconds, args.rounds)
+    results["agreement"] = agreements(photo_dir)
+
+    stack = Stack(run_dir)
+    try:
+        stack.flush_redis()
+        stack.start_gateway()
+        # Per model, the ceiling right before the pipeline: the two sides of a ratio minutes apart at most.
+        results["ceiling"], results["e2e"], results["one_client"], results["rounds"] = {}, {}, {}, {}
+        for name, path in (("fp32", FP32_MODEL), ("int8", INT8_MODEL)):
+            _note_others(results, f"before {name}")
+            results["ceiling"][name] = ceiling(name, path, photo_dir, args.ceiling_seconds)
+            e2e, one = end_to_end(stack, name, path, photo_dir, results["ceiling"][name], args)
+            results["e2e"][name], results["one_client"][name] = e2e, one
+            results["rounds"][name] = drift_rounds(stack, name, path, photo_dir, results["ceiling"][name], e2e, args)
+        results["cache_hits"] = hits(stack, pool, args, run_dir)
+        if not args.no_stress:
+            log(f"stress: locust, {args.stress_seconds:g} s per point, int8, users {args.stress_users}")
+            results["stress"] = stress.stress(stack, INT8_MODEL, list(LAYOUTS), args.stress_users,
+                                              seconds=args.stress_seconds, photo_dir=photo_dir,
+                                              max_batch=8, out_dir=run_dir / "stress")
+            results["shed_at"] = {lay.name: stress.shed_point(Settings.from_env(), lay, 8) for lay in LAYOUTS}
+        if not args.no_profile:
+            log("profiling the gateway and a worker (py-spy) under int8 cache misses")
+            results["profile"] = profiles(stack, photo_dir, results["ceiling"], run_dir)
+    finally:
+        stack.close()
+
+    results["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+    # The benchmark's own time; the optional wait for a quiet machine is reported apart.
+    results["duration_s"] = round(time.monotonic() - started - results.get("waited_for_quiet_s", 0.0), 1)
+    results["ratios"] = report.ratios(results)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"{stamp}.json"
+    out.write_text(json.dumps(results, indent=1, default=str))
+    PLOTS_DIR.mkdir(parents=True, exist_ok=True)
+    results["plots"] = plots.make_all(results, PLOTS_DIR)
+    REPORT_PATH.write_text(report.markdown(results, out))
+    print()
+    print(report.table(results))
+    log(f"wrote {out.relative_to(REPO_ROOT)}, {REPORT_PATH.relative_to(REPO_ROOT)}, "
+        f"{len(results['plots'])} plots in {PLOTS_DIR.relative_to(REPO_ROOT)}; took {results['duration_s']:.0f} s")
+
+
+def _settings() -> dict[str, Any]:
+    from dataclasses import fields
+
+    s = Settings.from_env()
+    return {f.name: str(getattr(s, f.name)) for f in fields(s) if "url" not in f.name}
+
+
+if __name__ == "__main__":
+    main()

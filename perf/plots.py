@@ -1,0 +1,145 @@
+"""PNG plots of one run's results (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"1x2": "#1f77b4", "2x1": "#ff7f0e"}
+PART_COLORS = ["#9ecae1", "#c6dbef", "#fdae6b", "#a1d99b", "#31a354", "#bcbddc"]
+
+
+def throughput(results: dict[str, Any], path: Path) -> None:
+    """Seed's way, in-process ceiling and end to end (per layout), fp32 and int8."""
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    labels, values, colors = [], [], []
+    seed = results["seed"]["ips"]
+    labels.append("seed's way\n(Keras, 1 image)")
+    values.append(seed)
+    colors.append("#999999")
+    for model, color in (("fp32", "#6baed6"), ("int8", "#fd8d3c")):
+        rounds = results.get("rounds", {}).get(model)
+        best = dict(results["ceiling"][model]["best"])
+        if rounds:  # the ratio's figures: each side's best alternating round
+            best.update(rounds["ceiling_config"], ips=rounds["ceiling_best"])
+        labels.append(f"{model} ceiling\n{best['layout']} b{best['batch']}" + ("\nbest round" if rounds else ""))
+        values.append(best["ips"])
+        colors.append(color)
+        for layout, r in results["e2e"][model].items():
+            if rounds and layout == rounds["e2e_layout"]:
+                labels.append(f"{model} e2e\n{layout}\nbest round")
+                values.append(rounds["e2e_best"])
+            else:
+                labels.append(f"{model} e2e\n{layout}\nsweep" if rounds else f"{model} e2e\n{layout}")
+                values.append(r["rps"])
+            colors.append(color)
+    bars = ax.bar(range(len(values)), values, color=colors)
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    for bar in bars[2::3] + bars[3::3]:
+        bar.set_hatch("//")
+    ax.set_xticks(range(len(values)), labels, fontsize=7)
+    ax.set_ylabel("images (requests) per second")
+    ax.set_title("Throughput, ResNet50 random weights, cache misses (hatched: through HTTP)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def throughput_vs_clients(results: dict[str, Any], path: Path) -> None:
+    """Stress points: predictions/s (and p95) against concurrent users, one line per worker layout."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for layout in sorted({p["layout"] for p in results.get("stress", [])}):
+        pts = [p for p in results["stress"] if p["layout"] == layout]
+        users = [p["users"] for p in pts]
+        ax.plot(users, [p["predictions_per_s"] for p in pts], "o-", label=f"{layout} (locust)", color=COLORS.get(layout))
+        ax2.plot(users, [p["p95_ms"] for p in pts], "o-", label=f"{layout} p95", color=COLORS.get(layout))
+        ax2.plot(users, [p["p50_ms"] for p in pts], "o--", label=f"{layout} p50", color=COLORS.get(layout), alpha=0.6)
+        shed = [p for p in pts if p["status_503"] > 0]
+        if shed:
+            ax.scatter([p["users"] for p in shed], [p["predictions_per_s"] for p in shed], s=120,
+                       facecolors="none", edgecolors="red", label="503s answered" if layout == "1x2" else None)
+    for layout, r in results["e2e"]["int8"].items():
+        ax.scatter([r["concurrency"]], [r["rps"]], marker="*", s=120, color=COLORS.get(layout),
+                   label=f"{layout} perf.loadgen")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent clients")
+    ax.set_ylabel("predictions per second (int8)")
+    ax.set_title("Throughput vs clients")
+    ax.legend(fontsize=7)
+    ax2.set_xscale("log", base=2)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("concurrent clients")
+    ax2.set_ylabel("POST /predict latency, ms")
+    ax2.set_title("Latency vs clients")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def latency(results: dict[str, Any], path: Path) -> None:
+    """p50/p95/p99 per scenario (log scale)."""
+    rows: list[tuple[str, dict[str, float]]] = []
+    for model in ("fp32", "int8"):
+        rows.append((f"{model}\n1 client", results["one_client"][model]["miss"]["latency_ms"]))
+        for layout, r in results["e2e"][model].items():
+            rows.append((f"{model} {layout}\n{r['concurrency']} clients", r["latency_ms"]))
+    h = results["cache_hits"]
+    rows.append((f"cache hits\n{h['concurrency']} conns", h["latency_ms"]))
+    fig, ax = plt.subplots(figsize=(9, 4))
+    width = 0.27
+    for j, (q, color) in enumerate((("p50", "#3182bd"), ("p95", "#9ecae1"), ("p99", "#deebf7"))):
+        xs = [i + (j - 1) * width for i in range(len(rows))]
+        ax.bar(xs, [r[1].get(q, float("nan")) for r in rows], width, label=q, color=color, edgecolor="#555")
+    for model, style in (("fp32", "--"), ("int8", ":")):
+        ort = results["ceiling"][model]["ort_batch1_ms"]["p50"]
+        ax.axhline(ort, ls=style, color="grey", lw=1)
+        ax.text(len(rows) - 0.5, ort, f"ORT batch-1 {model} {ort:.0f} ms", fontsize=7, va="bottom", ha="right")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
+    ax.set_ylabel("latency, ms (log)")
+    ax.set_title("Latency percentiles")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def breakdown(results: dict[str, Any], path: Path) -> None:
+    """Stacked bar: where one request's time goes at one client, fp32 and int8."""
+    models = ("fp32", "int8")
+    parts = list(results["one_client"]["fp32"]["breakdown_ms"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    bottom = [0.0] * len(models)
+    for part, color in zip(parts, PART_COLORS, strict=False):
+        vals = [results["one_client"][m]["breakdown_ms"][part] for m in models]
+        ax.barh(models, vals, left=bottom, color=color, edgecolor="#555", label=part)
+        for i, v in enumerate(vals):
+            if v > 1.5:
+                ax.text(bottom[i] + v / 2, i, f"{v:.1f}", ha="center", va="center", fontsize=7)
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    ax.set_xlabel("ms (means at one client, cache miss)")
+    ax.set_title("Where the time of one request goes")
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def make_all(results: dict[str, Any], out_dir: Path) -> list[str]:
+    """Write every plot the results allow; returns their file names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made = []
+    for name, fn in (("throughput.png", throughput), ("latency.png", latency), ("breakdown.png", breakdown),
+                     ("throughput_vs_clients.png", throughput_vs_clients)):
+        if name == "throughput_vs_clients.png" and not results.get("stress"):
+            continue
+        fn(results, out_dir / name)
+        made.append(name)
+    return made

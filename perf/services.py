@@ -1,0 +1,192 @@
+"""The real services as subprocesses for the benchmark: one gateway, N workers, their own queue and Redis db.
+
+Each run gets a bench-unique queue (``perf.<stamp>``, deleted at the end), a
+Redis database of its own (``PERF_REDIS_DB``, default 14, flushed before
+each phase), its own upload folder, and free ports.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from common.contract import model_announcement_key
+from perf.paths import REPO_ROOT
+# The same subprocess wrapper the test suite uses: a log file each, SIGTERM then SIGKILL.
+from tests.support.processes import ServiceProcess as Service
+from tests.support.processes import free_port
+
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+RABBITMQ_API = os.environ.get("RABBITMQ_API", "http://127.0.0.1:15672")
+REDIS_BASE = os.environ.get("PERF_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DB = int(os.environ.get("PERF_REDIS_DB", "14"))
+RABBITMQ_PORT = urllib.parse.urlparse(RABBITMQ_URL).port or 5672
+REDIS_PORT = urllib.parse.urlparse(REDIS_BASE).port or 6379
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+@dataclass
+class Stack:
+    """A gateway and its workers on a queue of their own."""
+
+    run_dir: Path
+    queue: str = field(default_factory=lambda: f"perf.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}")
+    gateway: Service | None = None
+    workers: list[Service] = field(default_factory=list)
+    worker_metrics_ports: list[int] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def redis_url(self) -> str:
+        return f"{REDIS_BASE}/{REDIS_DB}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _env(self, **extra: object) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "PYTHONPATH": str(REPO_ROOT),
+            "PYTHONUNBUFFERED": "1",
+            "RABBITMQ_URL": RABBITMQ_URL,
+            "REDIS_URL": self.redis_url,
+            "QUEUE_NAME": self.queue,
+            "UPLOAD_DIR": str(self.run_dir / "uploads"),
+            "FEEDBACK_CSV": str(self.run_dir / "feedback.csv"),
+            "LOG_LEVEL": "INFO",
+        })
+        env.update({k: str(v) for k, v in extra.items()})
+        return env
+
+    def flush_redis(self) -> None:
+        """Empty this run's Redis db, keeping the workers' model announcement (if any)."""
+        client = redis.Redis.from_url(self.redis_url)
+        key = model_announcement_key(self.queue)
+        announcement = client.get(key)
+        client.flushdb()
+        if announcement is not None:
+            client.set(key, announcement, ex=90)
+        client.close()
+
+    def start_gateway(self, **env: object) -> Service:
+        self.port = free_port()
+        self.gateway = Service("gateway", [sys.executable, "-m", "gateway"], self._env(PORT=self.port, **env),
+                               self.run_dir / "gateway.log")
+        self.gateway.wait_until(lambda: http_status(f"{self.base_url}/health/live") == 200, 60, "/health/live")
+        return self.gateway
+
+    def start_workers(self, model: Path, count: int, threads: int, max_batch: int, prefetch: int,
+                      batch_wait_ms: float | None = None) -> list[Service]:
+        """Start ``count`` workers and wait until each consumes and the gateway is ready."""
+        extra: dict[str, object] = {"MODEL_PATH": model, "ORT_THREADS": threads, "MAX_BATCH": max_batch,
+                                    "PREFETCH": prefetch}
+        if batch_wait_ms is not None:
+            extra["BATCH_WAIT_MS"] = batch_wait_ms
+        started = []
+        for i in range(count):
+            port = free_port()
+            w = Service(f"worker{i}", [sys.executable, "-m", "classifier"],
+                        self._env(WORKER_METRICS_PORT=port, **extra), self.run_dir / f"worker{len(self.workers)}.log")
+            self.workers.append(w)
+            self.worker_metrics_ports.append(port)
+            started.append(w)
+        for w in started:
+            w.wait_until(lambda w=w: "worker ready" in w.log_path.read_text(errors="replace"), 120, "worker ready")
+        if self.gateway is not None:
+            self.gateway.wait_until(lambda: http_status(f"{self.base_url}/health/ready") == 200, 30, "readiness")
+        return started
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until the queue is empty and no worker holds a job (left over from a previous load)."""
+        from perf import scrape
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            held = sum(scrape.scrape(f"http://127.0.0.1:{p}/metrics").get("classifier_jobs_in_hand", 0.0)
+                       for p in self.worker_metrics_ports)
+            if ready_messages(self.queue) == 0 and held == 0:
+                return True
+            time.sleep(0.5)
+        return False
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            w.terminate()
+        self.workers.clear()
+        self.worker_metrics_ports.clear()
+
+    def close(self) -> None:
+        self.stop_workers()
+        if self.gateway is not None:
+            self.gateway.terminate()
+            self.gateway = None
+        for name in (self.queue, f"{self.queue}.dead"):
+            delete_queue(name)
+        shutil.rmtree(self.run_dir / "uploads", ignore_errors=True)
+
+
+def _management(method: str, path: str) -> object:
+    request = urllib.request.Request(f"{RABBITMQ_API}/api/{path}", method=method)
+    user = urllib.parse.urlparse(RABBITMQ_URL)
+    auth = f"{user.username or 'guest'}:{user.password or 'guest'}"
+    request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    with urllib.request.urlopen(request, timeout=5) as response:
+        body = response.read()
+    return json.loads(body) if body else None
+
+
+def delete_queue(name: str) -> None:
+    try:
+        _management("DELETE", f"queues/%2F/{urllib.parse.quote(name, safe='')}")
+    except (urllib.error.URLError, OSError):
+        pass  # already gone (404) or the management API is off: a stale bench queue is harmless
+
+
+def ready_messages(name: str) -> int | None:
+    """Messages ready in the queue now, by a passive declare over AMQP (the management API lags)."""
+    import asyncio
+
+    import aio_pika
+
+    async def ask() -> int:
+        connection = await aio_pika.connect(RABBITMQ_URL, timeout=5)
+        try:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(name, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+        finally:
+            await connection.close()
+
+    try:
+        return asyncio.run(ask())
+    except Exception:  # noqa: BLE001 - no such queue / broker hiccup: unknown
+        return None
+
+
+def queue_depth(name: str) -> int | None:
+    try:
+        data = _management("GET", f"queues/%2F/{urllib.parse.quote(name, safe='')}")
+    except (urllib.error.URLError, OSError):
+        return None
+    return int(data.get("messages", 0)) if isinstance(data, dict) else None
