@@ -120,6 +120,8 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
       + (f" (after waiting {results['waited_for_quiet_s']:.0f} s for a quiet machine)" if results.get("waited_for_quiet_s") else "")
       + f"; raw numbers in `{json_path.relative_to(REPO_ROOT)}`. "
       "Every figure below comes from this one run, on the same photos.\n")
+    if results.get("phases_s"):
+        w("**Time per part** (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results["phases_s"].items()) + ".\n")
     w(f"**Machine**: {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}, "
       f"onnxruntime {m['onnxruntime']}. **Load average** before the run {m['load_avg_before']}, after "
       f"{m.get('load_avg_after')}; cores busy before it: {m['busy_cores_before']}. "

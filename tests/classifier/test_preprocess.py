@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from classifier.preprocess import ImageDecodeError, Preprocessor
 from common.model_file import ResizePolicy
@@ -150,6 +150,37 @@ def test_large_jpeg_is_decoded_reduced_with_the_same_result(chelsea, preprocess)
     elapsed = time.perf_counter() - start
     assert mean_abs_diff(array, reference) < 2
     assert elapsed < 0.5, f"decoding took {elapsed:.3f} s"
+
+
+@pytest.mark.parametrize("name", ["coffee", "chelsea", "astronaut"])
+def test_phone_sized_jpeg_is_decoded_at_half_size_with_the_same_answer(photos, preprocess, model, name,
+                                                                       monkeypatch):
+    """A 1024 px JPEG is decoded at half size (DCT scaling), yet gives the model the same picture
+    and the same answer as a full-size decode."""
+    with Image.open(photos[name]) as im:
+        source = im.convert("RGB")
+    ratio = 1024 / max(source.size)
+    phone = source.resize((round(source.width * ratio), round(source.height * ratio)), Image.BICUBIC)
+    jpeg = encode(phone, "JPEG", quality=90)
+    decoded_sizes = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def recording_draft(self, mode, size):  # the real draft(), noting the size it decodes at
+        result = draft(self, mode, size)
+        decoded_sizes.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recording_draft)
+    reduced = preprocess(jpeg)
+    assert decoded_sizes == [(-(-phone.width // 2), -(-phone.height // 2))]  # DCT scaling rounds up
+    full = Image.open(io.BytesIO(jpeg)).convert("RGB")  # the full-size decode, re-encoded losslessly
+    reference = preprocess(encode(full, "BMP"))
+    assert mean_abs_diff(reduced, reference) < 2
+    p_reduced, p_full = model.predict(np.stack([reduced, reference]))
+    assert np.abs(p_reduced - p_full).max() < 0.05
+    runner_up, best = np.sort(p_full)[-2:]
+    if best - runner_up >= 0.02:  # a near-tie may go either way, as with any other resampling
+        assert p_reduced.argmax() == p_full.argmax()
 
 
 def test_truncated_jpeg_is_refused(photos, preprocess):
