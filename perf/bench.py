@@ -8,6 +8,7 @@
 5. the seed's way: Keras predict one image at a time (:mod:`perf.seed_baseline`);
 6. the pipeline end to end through HTTP (:mod:`perf.pipeline`): cache misses at
    saturation for 1 worker x 2 threads and 2 workers x 1 thread, one client, cache hits;
+   the bare broker round trip of one job (:mod:`perf.broker_rtt`), the floor under one client's latency;
    per model, after the ceiling's and the pipeline's sweeps, ``--rounds`` alternating rounds of the
    ceiling (best configuration) and the pipeline (best layout); each side's best round makes the ratio;
 7. stress points with locust (:mod:`perf.stress`), unless ``--no-stress``;
@@ -315,16 +316,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="excluded warm-up before each window")
     parser.add_argument("--ceiling-seconds", type=float, default=2.5,
                         help="window per configuration in the ceiling's layout/batch sweep")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=2,
                         help="alternating ceiling / pipeline rounds per model for the ratio (best of each side)")
     parser.add_argument("--round-ceiling-seconds", type=float, default=6.0, help="ceiling window per round")
     parser.add_argument("--sweep-seconds", type=float, default=5.0,
                         help="measured window of the pipeline's layout sweep (the rounds use --seconds)")
     parser.add_argument("--seed-seconds", type=float, default=3.0, help="per seed round")
+    parser.add_argument("--seed-rounds", type=int, default=3,
+                        help="back-to-back rounds of the seed's way (its best counts: TensorFlow speeds up as it warms)")
     parser.add_argument("--one-client-seconds", type=float, default=5.0)
-    parser.add_argument("--hit-seconds", type=float, default=6.0)
+    parser.add_argument("--hit-seconds", type=float, default=5.0)
     parser.add_argument("--hit-connections", type=int, default=4)
-    parser.add_argument("--stress-seconds", type=float, default=5.0)
+    parser.add_argument("--stress-seconds", type=float, default=4.0)
     parser.add_argument("--stress-users", type=int, nargs="+", default=[1, 8, 32, 128, 384])
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="first wait up to S seconds for other processes to leave the cores idle")
@@ -352,7 +355,7 @@ def main() -> None:
     results["settings"] = _settings()
 
     with phase(results, "seed's way"):
-        results["seed"] = seed_baseline(photo_dir, args.seed_seconds, args.rounds)
+        results["seed"] = seed_baseline(photo_dir, args.seed_seconds, args.seed_rounds)
     with phase(results, "agreement"):
         results["agreement"] = agreements(photo_dir)
 
@@ -372,6 +375,11 @@ def main() -> None:
             with phase(results, f"{name}: alternating rounds"):
                 results["rounds"][name] = drift_rounds(stack, name, path, photo_dir, results["ceiling"][name],
                                                        e2e, args)
+        with phase(results, "broker round trip"):
+            results["broker_rtt"] = _json_from([sys.executable, "-m", "perf.broker_rtt", "--photo-dir", str(photo_dir)],
+                                               120)
+            log(f"bare broker round trip ({results['broker_rtt']['queue_type']} queue, "
+                f"{results['broker_rtt']['body_kib']} KiB photos): p50 {results['broker_rtt']['rtt_ms']['p50']:.1f} ms")
         with phase(results, "cache hits"):
             results["cache_hits"] = hits(stack, pool, args, run_dir)
         if not args.no_stress:
