@@ -316,7 +316,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0, help="excluded warm-up before each window")
     parser.add_argument("--ceiling-seconds", type=float, default=2.5,
                         help="window per configuration in the ceiling's layout/batch sweep")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="alternating ceiling / pipeline rounds per model for the ratio (best of each side)")
     parser.add_argument("--round-ceiling-seconds", type=float, default=6.0, help="ceiling window per round")
     parser.add_argument("--sweep-seconds", type=float, default=5.0,

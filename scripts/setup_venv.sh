@@ -19,7 +19,9 @@ hash=$(cat requirements/*.txt | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]; then
   echo "[setup] installing $req (pinned)"
   "$venv/bin/pip" install --quiet --upgrade pip
-  "$venv/bin/pip" install --quiet -r "$req"
+  # --no-compile: byte-compiling every installed file (TensorFlow's are most of them) took over a
+  # minute; Python compiles the modules it actually imports on first use.
+  "$venv/bin/pip" install --quiet --no-compile -r "$req"
   echo "$hash" > "$stamp"
 else
   echo "[setup] $req already installed"
