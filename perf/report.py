@@ -19,7 +19,7 @@ FINDINGS = PERF_DIR / "FINDINGS.md"  # hand-written: profile findings and fixes,
 
 
 def _best_e2e(results: dict[str, Any], model: str) -> tuple[float, str]:
-    """The pipeline's best round (at the sweep's best layout); the sweep alone in older results."""
+    """The pipeline's best round (at the ceiling's best layout); the sweep alone in older results."""
     if "rounds" in results:
         r = results["rounds"][model]
         return r["e2e_best"], r["e2e_layout"]
@@ -228,7 +228,7 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
         w(f"The host's CPU speed drifts from minute to minute on this shared VM, so the ratio end to end / ceiling "
           f"is not taken from the sweeps above. Per model, after the sweeps, {len(any_r['ceiling'])} rounds alternate "
           f"the in-process ceiling at its best configuration ({any_r['ceiling_seconds']:g} s window) and the pipeline "
-          f"at its best layout (warm-up {results['args']['warmup']:g} s, then a {any_r['e2e_seconds']:g} s window); "
+          f"with the same layout (warm-up {results['args']['warmup']:g} s, then a {any_r['e2e_seconds']:g} s window); "
           "**each side keeps its best round** (the same rule for both, as `converter/bench.py` does): a slow "
           "host phase can only pull a round down, never up. Every round is listed; the spread is the drift.\n")
         w("| model | side | configuration | round 1 | round 2 | round 3 | best (used) | median (for reference) | spread (max/min) | others' CPU per round (cores) |")
