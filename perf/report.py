@@ -184,7 +184,7 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
     w("The classifier's own `Preprocessor` and `Model` (the worker's session options), decoding in a thread pool "
       "that overlaps the previous batch's inference, as the worker does. `PxT` = P processes of T onnxruntime "
       f"threads, run at once and added up. This sweep ({results['args']['ceiling_seconds']:g} s per configuration) "
-      "picks the best configuration and each layout's MAX_BATCH; the ratio's ceiling comes from the rounds in 3b.\n")
+      "picks the best configuration (the layout the rounds in 3b run on both sides) and each layout's MAX_BATCH (its best batch of 8 or more); the ratio's ceiling comes from the rounds in 3b.\n")
     w("| model | layout | batch | images/s | other processes' CPU meanwhile (cores) |")
     w("|---|---|---:|---:|---:|")
     for model in ("fp32", "int8"):
@@ -209,7 +209,7 @@ def markdown(results: dict[str, Any], json_path: Path) -> str:
     w(f"Real gateway and worker subprocesses on a bench-unique queue and a Redis db of their own (flushed before each "
       f"layout); the load generator is `perf.loadgen` (aiohttp, closed loop, its own process), every request a photo "
       f"the cache has not seen. Warm-up {results['args']['warmup']:g} s excluded, then a "
-      f"{results['args'].get('sweep_seconds', results['args']['seconds']):g} s window (this layout sweep picks the layout for the rounds in 3b). MAX_BATCH is the ceiling's best batch for the layout, "
+      f"{results['args'].get('sweep_seconds', results['args']['seconds']):g} s window (both layouts; the rounds in 3b run the ceiling's best layout). MAX_BATCH is the ceiling's best batch for the layout, "
       "PREFETCH = 2 x MAX_BATCH. CPU columns: cores used over the window by workers / gateway / RabbitMQ / Redis / "
       "load generator, and (others) by the rest of the machine meanwhile (other engineers' work).\n")
     w("| model | layout | clients | req/s | p50 ms | p95 ms | mean batch | decode ms | inference ms/batch | statuses | CPU cores |")
