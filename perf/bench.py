@@ -246,32 +246,31 @@ def drift_rounds(stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: 
                  args: argparse.Namespace) -> dict[str, Any]:
     """The two sides of the ceiling ratio in alternating rounds (ceiling, pipeline, ceiling, ...), each
     side at the ceiling's best configuration (layout; the workers' MAX_BATCH is that layout's best
-    micro-batch); the host's speed drifts from minute to minute, so
-    each side keeps its best round (as ``converter/bench.py`` does) and every round is recorded."""
+    micro-batch); the host's speed drifts from minute to minute, so each side keeps its best round
+    (as ``converter/bench.py`` does) and every round is recorded."""
     cfg = ceiling["best"]
-    c_layout = next(lay for lay in LAYOUTS if lay.name == cfg["layout"])
     # Like with like: the pipeline's workers run the ceiling's best layout, so the ratio is the cost of
     # serving alone. (The 5 s layout sweep cannot tell layouts within a few % apart: it once picked
     # 1x2 over 2x1 by 59.4 to 59.3 req/s for int8, where 2x1 led by 8-9 % in the other runs.)
-    e_layout = c_layout
-    batch = ceiling["best_batch"][e_layout.name]
-    out: dict[str, Any] = {"rule": "best", "ceiling_config": {"layout": c_layout.name, "batch": cfg["batch"]},
-                           "e2e_layout": e_layout.name, "e2e_max_batch": batch,
+    layout = next(lay for lay in LAYOUTS if lay.name == cfg["layout"])
+    batch = ceiling["best_batch"][layout.name]
+    out: dict[str, Any] = {"rule": "best", "ceiling_config": {"layout": layout.name, "batch": cfg["batch"]},
+                           "e2e_layout": layout.name, "e2e_max_batch": batch,
                            "ceiling_seconds": args.round_ceiling_seconds, "e2e_seconds": args.seconds,
                            "ceiling": [], "e2e": []}
     for i in range(1, args.rounds + 1):
-        c = run_layout(path, photo_dir, processes=c_layout.workers, threads=c_layout.threads, batches=[cfg["batch"]],
+        c = run_layout(path, photo_dir, processes=layout.workers, threads=layout.threads, batches=[cfg["batch"]],
                        seconds=args.round_ceiling_seconds, count=400)[0]
         out["ceiling"].append({"round": i, "ips": c["ips"], "others_cores": c["others_cores"],
                                "late_start_s": c["late_start_s"]})
-        r = pipeline.saturation(stack, path, e_layout, max_batch=batch, photo_dir=photo_dir, first=0,
+        r = pipeline.saturation(stack, path, layout, max_batch=batch, photo_dir=photo_dir, first=0,
                                 count=POOL_SIZE - 300, seconds=args.seconds, warmup=args.warmup)
         out["e2e"].append({"round": i, "rps": r["rps"], "p50_ms": r["latency_ms"]["p50"],
                            "p95_ms": r["latency_ms"]["p95"], "statuses": r["statuses"],
                            "others_cores": r["cpu_cores"].get("others"),
                            "workers_cores": r["cpu_cores"].get("workers")})
-        log(f"round {i} {name}: ceiling {c['ips']:.1f} img/s ({c_layout.name}, batch {cfg['batch']}), "
-            f"e2e {r['rps']:.1f} req/s ({e_layout.name}, batch {batch})")
+        log(f"round {i} {name}: ceiling {c['ips']:.1f} img/s ({layout.name}, batch {cfg['batch']}), "
+            f"e2e {r['rps']:.1f} req/s ({layout.name}, batch {batch})")
     out["ceiling_best"] = max(x["ips"] for x in out["ceiling"])
     out["e2e_best"] = max(x["rps"] for x in out["e2e"])
     log(f"rounds {name}: best e2e {out['e2e_best']:.1f} / best ceiling {out['ceiling_best']:.1f} = "

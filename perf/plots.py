@@ -46,9 +46,7 @@ def throughput(results: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(values)), labels, fontsize=7)
     ax.set_ylabel("images (requests) per second")
     ax.set_title("Throughput, ResNet50 random weights, cache misses (hatched: through HTTP)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def throughput_vs_clients(results: dict[str, Any], path: Path) -> None:
@@ -78,9 +76,7 @@ def throughput_vs_clients(results: dict[str, Any], path: Path) -> None:
     ax2.set_ylabel("POST /predict latency, ms")
     ax2.set_title("Latency vs clients")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def latency(results: dict[str, Any], path: Path) -> None:
@@ -106,9 +102,7 @@ def latency(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("latency, ms (log)")
     ax.set_title("Latency percentiles")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def breakdown(results: dict[str, Any], path: Path) -> None:
@@ -127,9 +121,7 @@ def breakdown(results: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("ms (means at one client, cache miss)")
     ax.set_title("Where the time of one request goes")
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.18))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def make_all(results: dict[str, Any], out_dir: Path) -> list[str]:
@@ -143,3 +135,9 @@ def make_all(results: dict[str, Any], out_dir: Path) -> list[str]:
         fn(results, out_dir / name)
         made.append(name)
     return made
+
+
+def _save(fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
