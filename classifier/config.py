@@ -50,6 +50,12 @@ def _validate(parser: argparse.ArgumentParser, settings: Settings) -> None:
         problems.append(f"PREFETCH must be >= 1, got {settings.prefetch}")
     if settings.delivery_limit < 1:  # 0 would refuse every job as poison
         problems.append(f"DELIVERY_LIMIT must be >= 1, got {settings.delivery_limit}")
+    if settings.quorum_group_size < 1:
+        problems.append(f"QUORUM_GROUP_SIZE must be >= 1, got {settings.quorum_group_size}")
+    try:
+        settings.rabbitmq_addresses
+    except ValueError as exc:
+        problems.append(str(exc))
     if settings.max_pixels < 1:
         problems.append(f"MAX_PIXELS must be >= 1, got {settings.max_pixels}")
     if problems:

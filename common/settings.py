@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from common.broker import broker_addresses
 from common.contract import DEFAULT_QUEUE
 
 
@@ -17,6 +18,7 @@ from common.contract import DEFAULT_QUEUE
 class Settings:
     """Every tunable of the system; build it with :meth:`from_env`."""
 
+    # One AMQP address, or the nodes of one cluster separated by commas (common/broker.py).
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = DEFAULT_QUEUE
@@ -26,6 +28,8 @@ class Settings:
     queue_max_length: int = 256
     # Deliveries of one job before RabbitMQ dead-letters it (a job that kills workers).
     delivery_limit: int = 3
+    # Replicas of each quorum queue (x-quorum-initial-group-size); a smaller cluster caps it.
+    quorum_group_size: int = 3
     cache_ttl_s: int = 86_400
     max_batch: int = 8
     batch_wait_ms: float = 2.0
@@ -41,6 +45,10 @@ class Settings:
     max_pixels: int = 40_000_000
     worker_metrics_port: int = 9100
     log_level: str = "INFO"
+
+    @property
+    def rabbitmq_addresses(self) -> list[str]:
+        return broker_addresses(self.rabbitmq_url)
 
     @property
     def max_upload_bytes(self) -> int:

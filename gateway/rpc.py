@@ -22,6 +22,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 
+from common.broker import connect_until_up, redact
 from common.contract import ContractError, JobHeaders, Reply, parse_reply
 from common.settings import Settings
 from common.topology import declare_request_queue, request_queue_arguments
@@ -30,10 +31,6 @@ log = logging.getLogger(__name__)
 
 # A healthy broker confirms a publish in milliseconds; one that takes longer is treated as down.
 PUBLISH_CONFIRM_TIMEOUT_S = 5.0
-# Pause between attempts of the first connection (robust reconnects use their own interval).
-CONNECT_RETRY_S = (0.5, 1.0, 2.0, 5.0)
-# Interval of aio-pika's own reconnects once the first connection stands.
-RECONNECT_INTERVAL_S = 2
 # Bound on one readiness probe round trip.
 PROBE_TIMEOUT_S = 2.0
 
@@ -69,6 +66,7 @@ class RpcClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.reply_queue = reply_queue_name()
+        self._addresses = settings.rabbitmq_addresses  # a malformed RABBITMQ_URL fails here, at start
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._pending: dict[str, asyncio.Future[Reply]] = {}
@@ -97,45 +95,28 @@ class RpcClient:
             await self._connection.close()
 
     async def _connect_until_up(self) -> None:
-        attempt = 0
-        while True:
-            connection: AbstractRobustConnection | None = None
-            try:
-                connection = await aio_pika.connect_robust(
-                    self.settings.rabbitmq_url,
-                    timeout=PUBLISH_CONFIRM_TIMEOUT_S,
-                    reconnect_interval=RECONNECT_INTERVAL_S,
-                    client_properties={"connection_name": f"gateway {self.reply_queue}"},
-                )
-                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                await declare_request_queue(channel, self.settings)
-                reply_queue = await channel.declare_queue(self.reply_queue, exclusive=True, auto_delete=True)
-                await reply_queue.consume(self._on_reply, no_ack=True)
-            except asyncio.CancelledError:
-                if connection is not None:
-                    await connection.close()
-                raise
-            except Exception as exc:  # any failure here means "retry later"
-                delay = CONNECT_RETRY_S[min(attempt, len(CONNECT_RETRY_S) - 1)]
-                attempt += 1
-                log.warning(
-                    "RabbitMQ not available (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay
-                )
-                if connection is not None:
-                    with contextlib.suppress(Exception):
-                        await connection.close()
-                await asyncio.sleep(delay)
-                continue
-            connection.close_callbacks.add(self._on_connection_lost)
-            connection.reconnect_callbacks.add(self._on_reconnected)
-            self._connection, self._channel = connection, channel
-            self._ready.set()
-            log.info(
-                "connected to RabbitMQ; request queue %r, reply queue %r",
-                self.settings.queue_name,
-                self.reply_queue,
-            )
-            return
+        connection = await connect_until_up(
+            self._addresses, name=f"gateway {self.reply_queue}", setup=self._open_channel
+        )
+        assert connection is not None  # no stop event: it returns only once connected
+        connection.close_callbacks.add(self._on_connection_lost)
+        connection.reconnect_callbacks.add(self._on_reconnected)
+        self._connection = connection
+        self._ready.set()
+        log.info(
+            "connected to RabbitMQ; request queue %r, reply queue %r",
+            self.settings.queue_name,
+            self.reply_queue,
+        )
+
+    async def _open_channel(self, connection: AbstractRobustConnection) -> None:
+        """The channel, the topology and the reply queue's consumer; restored by aio-pika on every
+        reconnect, so the exclusive reply queue is re-created on whichever node we reach."""
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await declare_request_queue(channel, self.settings)
+        reply_queue = await channel.declare_queue(self.reply_queue, exclusive=True, auto_delete=True)
+        await reply_queue.consume(self._on_reply, no_ack=True)
+        self._channel = channel
 
     def _on_connection_lost(self, _: Any, exc: BaseException | None) -> None:
         # The exclusive reply queue dies with the connection: replies to jobs in
@@ -144,8 +125,8 @@ class RpcClient:
             log.warning("RabbitMQ connection lost (%s); failing %d calls in flight", exc, len(self._pending))
         self._fail_pending(BrokerUnavailable("the connection to RabbitMQ was lost"))
 
-    def _on_reconnected(self, *_: Any) -> None:
-        log.info("reconnected to RabbitMQ")
+    def _on_reconnected(self, connection: Any, *_: Any) -> None:
+        log.info("reconnected to RabbitMQ at %s; reply queue %r declared again", redact(connection.url), self.reply_queue)
 
     def _fail_pending(self, exc: RpcError) -> None:
         pending, self._pending = self._pending, {}
