@@ -134,7 +134,7 @@ async def connect_until_up(
             return connection
         delay = backoff_delay(attempt)
         attempt += 1
-        log.warning("no RabbitMQ node answers; retrying in %.1f s", delay)
+        log.warning("RabbitMQ unreachable (no node in RABBITMQ_URL answers); retrying in %.1f s", delay)
         if stop is None:
             await asyncio.sleep(delay)
         else:
