@@ -51,6 +51,10 @@ class DeadlineExceeded(RpcError):
     """No reply came before the job's deadline."""
 
 
+class ChannelStuck(Exception):
+    """Why the gateway closes its own channel to have it replaced (see ``_nacks_without_cause``)."""
+
+
 class MalformedReply(RpcError):
     """A reply that does not follow the message contract."""
 
@@ -213,7 +217,9 @@ class RpcClient:
                 )
         except PublishError as exc:  # basic.return: unroutable, the request queue is missing
             raise BrokerUnavailable(f"RabbitMQ cannot route to queue {self.settings.queue_name!r}") from exc
-        except DeliveryError as exc:  # basic.nack: x-overflow reject-publish, the queue is full
+        except DeliveryError as exc:  # basic.nack: x-overflow reject-publish, the queue is full ...
+            if await self._nacks_without_cause():
+                raise BrokerUnavailable("RabbitMQ refused the job while the request queue changed leader") from exc
             raise QueueFull(f"queue {self.settings.queue_name!r} is full") from exc
         except TimeoutError:
             if headers.ms_left() <= 0:
@@ -221,6 +227,31 @@ class RpcClient:
             raise BrokerUnavailable("RabbitMQ did not confirm the job in time") from None
         except CONNECTION_EXCEPTIONS as exc:
             raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc}") from exc
+
+    async def _nacks_without_cause(self) -> bool:
+        """... or, on RabbitMQ 3.10, a channel whose first publish to the quorum queue came while the
+        queue had no leader (a node of the cluster just died): it then nacks every publish for good.
+        The queue's depth tells the two apart; a stuck channel is replaced (robust channel restore)."""
+        assert self._channel is not None
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                underlay = await self._channel.get_underlay_channel()
+                ok = await underlay.queue_declare(
+                    self.settings.queue_name, durable=True, arguments=request_queue_arguments(self.settings)
+                )
+        except (TimeoutError, *CONNECTION_EXCEPTIONS):
+            return False
+        if (ok.message_count or 0) >= self.settings.queue_max_length // 2:
+            return False
+        log.warning(
+            "RabbitMQ nacked a job although queue %r holds %d of %d: replacing the channel",
+            self.settings.queue_name, ok.message_count or 0, self.settings.queue_max_length,
+        )
+        if not underlay.is_closed:
+            # Closed with a reason, aio-pika's robust channel opens a new one at once and declares the
+            # queues and the reply consumer again; calls waiting for replies are not affected.
+            await underlay.close(ChannelStuck("publishes nacked without cause"))
+        return True
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         correlation_id = message.correlation_id or ""

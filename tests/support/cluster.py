@@ -7,10 +7,12 @@ cluster and the machine's own node on 5672 are never touched.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from tests.support.processes import REPO_ROOT
 from tests.support.rabbitmq_api import ManagementAPI
@@ -49,9 +51,14 @@ class LocalCluster:
     def stop(self) -> None:
         self._run("stop")
 
-    def kill(self, index: int) -> None:
-        """kill -9 node ``index``'s Erlang VM."""
-        self._run("kill", str(index))
+    def kill(self, index: int) -> float:
+        """kill -9 node ``index``'s Erlang VM (here, not through the script: the moment matters).
+        Returns the time.monotonic() of the kill."""
+        pid_file = Path(self.env["RABBITMQ_CLUSTER_DIR"]) / f"node{index}" / "pid"
+        os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+        killed_at = time.monotonic()
+        pid_file.unlink()
+        return killed_at
 
     def boot(self, index: int) -> None:
         """Start node ``index`` again from its data: it rejoins the cluster by itself."""
