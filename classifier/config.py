@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.broker import broker_addresses
 from common.settings import Settings
 
 
@@ -53,7 +54,7 @@ def _validate(parser: argparse.ArgumentParser, settings: Settings) -> None:
     if settings.quorum_group_size < 1:
         problems.append(f"QUORUM_GROUP_SIZE must be >= 1, got {settings.quorum_group_size}")
     try:
-        settings.rabbitmq_addresses
+        broker_addresses(settings.rabbitmq_url)
     except ValueError as exc:
         problems.append(str(exc))
     if settings.max_pixels < 1:

@@ -68,7 +68,7 @@ class FailoverConnection(RobustConnection):
         self._current = first % len(self._addresses)
         super().__init__(self._addresses[self._current], **kwargs)
 
-    @property  # type: ignore[override]
+    @property
     def url(self) -> URL:
         return self._addresses[self._current]
 
@@ -76,7 +76,7 @@ class FailoverConnection(RobustConnection):
     def url(self, value: URL) -> None:  # set by Connection.__init__ and update_secret
         self._addresses[self._current] = URL(value)
 
-    @property  # type: ignore[override]
+    @property
     def transport(self) -> Any:
         return self._failover_transport
 
@@ -126,8 +126,10 @@ async def connect_until_up(
             except asyncio.CancelledError:
                 await _close_quietly(connection)
                 raise
-            except Exception as exc:  # any failure here means "try the next node, then later"
-                log.warning("RabbitMQ at %s not available (%s: %s)", redact(addresses[first]), type(exc).__name__, exc)
+            except Exception as exc:  # noqa: BLE001 - any failure here means "try the next node, then later"
+                log.warning(
+                    "RabbitMQ at %s not available (%s: %s)", redact(addresses[first]), type(exc).__name__, exc
+                )
                 await _close_quietly(connection)
                 continue
             log.info("connected to RabbitMQ at %s", redact(connection.url))

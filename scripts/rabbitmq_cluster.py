@@ -79,7 +79,14 @@ def nodes_from_env() -> list[Node]:
     prefix = os.environ.get("RABBITMQ_CLUSTER_NAME", "rabbit")
     root = Path(os.environ.get("RABBITMQ_CLUSTER_DIR", "/tmp/serving-rabbitmq-cluster"))
     return [
-        Node(i, f"{prefix}{i}@localhost", port + i - 1, port + 10000 + i - 1, port + 20000 + i - 1, root / f"node{i}")
+        Node(
+            i,
+            f"{prefix}{i}@localhost",
+            port + i - 1,
+            port + 10000 + i - 1,
+            port + 20000 + i - 1,
+            root / f"node{i}",
+        )
         for i in range(1, NODES + 1)
     ]
 
@@ -100,16 +107,25 @@ def wait_port(port: int, up: bool, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while port_open(port) != up:
         if time.monotonic() > deadline:
-            raise SystemExit(f"[cluster] error: port {port} still {'closed' if up else 'open'} after {timeout:.0f} s")
+            raise SystemExit(
+                f"[cluster] error: port {port} still {'closed' if up else 'open'} after {timeout:.0f} s"
+            )
         time.sleep(0.2)
 
 
 def ctl(node: Node, *args: str, check: bool = True) -> str:
-    result = subprocess.run(["rabbitmqctl", "-n", node.name, "-q", *args], env=node.env(),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["rabbitmqctl", "-n", node.name, "-q", *args],
+        env=node.env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if check and result.returncode != 0:
-        raise SystemExit(f"[cluster] error: rabbitmqctl {' '.join(args)} on {node.name}: "
-                         f"{result.stderr.strip() or result.stdout.strip()}")
+        raise SystemExit(
+            f"[cluster] error: rabbitmqctl {' '.join(args)} on {node.name}: "
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
     return result.stdout
 
 
@@ -136,8 +152,13 @@ def boot(node: Node) -> None:
         say(f"{node.name} already answers on {node.amqp_port}")
         return
     prepare(node)
-    subprocess.run(["rabbitmq-server", "-detached"], env=node.env(), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["rabbitmq-server", "-detached"],
+        env=node.env(),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_port(node.amqp_port, up=True, timeout=BOOT_TIMEOUT_S)
 
 
@@ -170,7 +191,9 @@ def start(nodes: list[Node]) -> None:
     for node in nodes:
         wait_port(node.management_port, up=True, timeout=BOOT_TIMEOUT_S)
     total = time.monotonic() - started
-    say(f"{len(nodes)} nodes running and clustered in {total:.1f} s (boot {booted:.1f} s, joins {total - booted:.1f} s)")
+    say(
+        f"{len(nodes)} nodes running and clustered in {total:.1f} s (boot {booted:.1f} s, joins {total - booted:.1f} s)"
+    )
     say(f"management UI: http://127.0.0.1:{seed.management_port}/ (guest/guest)")
     print("RABBITMQ_URL=" + ",".join(node.url for node in nodes))
 
@@ -212,12 +235,16 @@ def status(nodes: list[Node]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["start", "stop", "status", "kill", "boot"])
     parser.add_argument("node", nargs="?", type=int, help="kill / boot: the node's number (1-3)")
     args = parser.parse_args(argv)
     if shutil.which("rabbitmq-server") is None:
-        raise SystemExit("[cluster] error: rabbitmq-server is not installed (apt-get install rabbitmq-server)")
+        raise SystemExit(
+            "[cluster] error: rabbitmq-server is not installed (apt-get install rabbitmq-server)"
+        )
     nodes = nodes_from_env()
     if args.command == "start":
         start(nodes)

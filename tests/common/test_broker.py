@@ -93,8 +93,9 @@ async def test_a_lost_connection_reconnects_to_the_next_live_node(rabbitmq_url: 
         reconnected = asyncio.Event()
         connection.reconnect_callbacks.add(lambda *_: reconnected.set())
 
-        assert await asyncio.to_thread(rabbitmq_api.wait_for, lambda: rabbitmq_api.close_connection(name),
-                                       15, "the test connection")
+        assert await asyncio.to_thread(
+            rabbitmq_api.wait_for, lambda: rabbitmq_api.close_connection(name), 15, "the test connection"
+        )
         await asyncio.wait_for(reconnected.wait(), 5 + 3 * RECONNECT_INTERVAL_S)
         assert connection.url.host == "localhost"
         await channel.default_exchange.publish(aio_pika.Message(b"after"), routing_key=queue.name)

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from common.settings import Settings
 from tests.deploy.conftest import (
@@ -18,6 +19,7 @@ from tests.deploy.conftest import (
     ENV_EXAMPLE,
     LONG_RUNNING,
     SERVICES,
+    compose_command,
     compose_config,
     compose_strings,
     compose_variables,
@@ -49,7 +51,40 @@ def test_config_is_valid_without_any_env_file(tmp_path: Path) -> None:
 
 
 def test_the_five_services(services: dict[str, Any]) -> None:
-    assert set(services) == SERVICES
+    assert {name for name, service in services.items() if not service.get("profiles")} == SERVICES
+
+
+def test_the_cluster_profile_is_three_clustered_rabbitmq_nodes(services: dict[str, Any], tmp_path: Path) -> None:
+    nodes = {name: service for name, service in services.items() if "cluster" in service.get("profiles", [])}
+    assert set(nodes) == {"rabbitmq-1", "rabbitmq-2", "rabbitmq-3"}
+    cookies = set()
+    for name, node in nodes.items():
+        assert node["hostname"] == name and node["image"] == services["rabbitmq"]["image"]
+        assert node.get("healthcheck") and node.get("restart") == "unless-stopped", name
+        assert all(p.host_ip == "127.0.0.1" for p in ports(node)), name
+        conf = [m for m in mounts(node) if m.target == "/etc/rabbitmq/conf.d/20-cluster.conf"]
+        assert conf and conf[0].read_only and "classic_config" in Path(conf[0].source).read_text(), name
+        env = environment(node)
+        assert env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] == env["RABBITMQ_CTL_ERL_ARGS"], name
+        cookies.add(env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"])
+    assert len(cookies) == 1 and next(iter(cookies)).startswith("-setcookie "), cookies
+    for name in ("rabbitmq-2", "rabbitmq-3"):  # they join rabbitmq-1 once it runs
+        assert depends_on(nodes[name]) == {"rabbitmq-1": "service_healthy"}
+    # The override file points the gateway and the workers at all three.
+    env_file = tmp_path / "empty.env"
+    env_file.write_text("")
+    result = subprocess.run(
+        [*compose_command(), "--env-file", str(env_file), "-f", "docker-compose.yml", "-f", "docker-compose.cluster.yml",
+         "--profile", "cluster", "config"],
+        check=False, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120,
+        env={k: v for k, v in os.environ.items() if k not in compose_variables()},
+    )
+    assert result.returncode == 0, result.stderr
+    merged = yaml.safe_load(result.stdout)["services"]
+    for name in ("gateway", "classifier"):
+        addresses = Settings(rabbitmq_url=environment(merged[name])["RABBITMQ_URL"]).rabbitmq_addresses
+        assert [urlsplit(a).hostname for a in addresses] == ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"], name
+        assert all(depends_on(merged[name]).get(node) == "service_healthy" for node in nodes), name
 
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
@@ -142,7 +177,8 @@ def test_services_use_a_broker_user_other_than_guest(services: dict[str, Any], t
 
 def test_gateway_and_workers_declare_the_same_queue(services: dict[str, Any]) -> None:
     gateway, classifier = environment(services["gateway"]), environment(services["classifier"])
-    for var in ("RABBITMQ_URL", "REDIS_URL", "QUEUE_NAME", "QUEUE_MAX_LENGTH", "DELIVERY_LIMIT", "CACHE_TTL_S"):
+    for var in ("RABBITMQ_URL", "REDIS_URL", "QUEUE_NAME", "QUEUE_MAX_LENGTH", "DELIVERY_LIMIT",
+                "QUORUM_GROUP_SIZE", "CACHE_TTL_S"):
         assert var in gateway and gateway[var] == classifier.get(var), var
 
 

@@ -9,6 +9,7 @@ answers flow again, and how long the killed node takes to rejoin.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from common.contract import dead_letter_queue
@@ -24,7 +25,8 @@ RECOVERY_GOAL_S = 10
 def seconds_until_answers_flow(result: LoadResult, kill_at: float) -> float:
     """From the kill to the first 200 for a request sent after it (latencies pair with the timeline)."""
     answered = [
-        t for (t, status), latency in zip(result.timeline, result.latencies, strict=True)
+        t
+        for (t, status), latency in zip(result.timeline, result.latencies, strict=True)
         if status == 200 and t - latency >= kill_at
     ]
     assert answered, f"no request sent after the kill was answered: {result.summary()}"
@@ -34,7 +36,7 @@ def seconds_until_answers_flow(result: LoadResult, kill_at: float) -> float:
 def longest_gap_in_answers(result: LoadResult) -> float:
     """The longest stretch of the run without a 200."""
     times = sorted(t for t, status in result.timeline if status == 200)
-    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+    return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
 
 async def test_node_leading_the_request_queue_killed_under_load(
@@ -46,16 +48,24 @@ async def test_node_leading_the_request_queue_killed_under_load(
     gw = gateway(**env)
     api = cluster.api(1)
     queue = await asyncio.to_thread(
-        api.wait_for, lambda: (q := api.queue(queue_name)) and len(q.get("online", [])) == 3 and q,
-        30, "a request queue with 3 replicas online",
+        api.wait_for,
+        lambda: (q := api.queue(queue_name)) and len(q.get("online", [])) == 3 and q,
+        30,
+        "a request queue with 3 replicas online",
     )
     doomed = cluster.index_of(queue["leader"])
     survivor = cluster.api(doomed % 3 + 1)
 
     load_started = time.monotonic()
     load = asyncio.create_task(
-        run_load(f"{gw.base_url}/predict", distinct_jpegs, concurrency=4, deadline_s=DEADLINE_S,
-                 duration_s=LOAD_S, unique=True)
+        run_load(
+            f"{gw.base_url}/predict",
+            distinct_jpegs,
+            concurrency=4,
+            deadline_s=DEADLINE_S,
+            duration_s=LOAD_S,
+            unique=True,
+        )
     )
     await asyncio.sleep(KILL_AFTER_S)
     kill_at = cluster.kill(doomed) - load_started
@@ -64,8 +74,10 @@ async def test_node_leading_the_request_queue_killed_under_load(
     # Nothing left behind: every job was answered or expired; none was dead-lettered.
     drained = await asyncio.to_thread(survivor.wait_until_drained, queue_name, 30)
     dead = await asyncio.to_thread(
-        survivor.wait_for, lambda: (q := survivor.queue(dead_letter_queue(queue_name)))["messages"] is not None and q,
-        30, "statistics of the dead-letter queue",
+        survivor.wait_for,
+        lambda: (q := survivor.queue(dead_letter_queue(queue_name)))["messages"] is not None and q,
+        30,
+        "statistics of the dead-letter queue",
     )
     left_behind = drained["messages"] + dead["messages"]
     lost = sum(result.errors.values()) + left_behind
@@ -76,12 +88,15 @@ async def test_node_leading_the_request_queue_killed_under_load(
     rejoin_started = time.monotonic()
     await asyncio.to_thread(cluster.boot, doomed)
     await asyncio.to_thread(
-        survivor.wait_for, lambda: len(survivor.queue(queue_name).get("online", [])) == 3, 60,
+        survivor.wait_for,
+        lambda: len(survivor.queue(queue_name).get("online", [])) == 3,
+        60,
         f"{cluster.node(doomed)} back among the queue's replicas",
     )
     rejoin_s = time.monotonic() - rejoin_started
-    after = await run_load(f"{gw.base_url}/predict", distinct_jpegs, concurrency=2, deadline_s=DEADLINE_S,
-                           total=8, unique=True)
+    after = await run_load(
+        f"{gw.base_url}/predict", distinct_jpegs, concurrency=2, deadline_s=DEADLINE_S, total=8, unique=True
+    )
 
     report(f"kill -9 {queue['leader']} (the request queue's leader)", result)
     print(

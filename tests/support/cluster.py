@@ -36,16 +36,26 @@ class LocalCluster:
         self.start_s = 0.0
 
     def _run(self, *args: str) -> str:
-        result = subprocess.run([sys.executable, str(SCRIPT), *args], env=self.env, capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, f"rabbitmq_cluster.py {' '.join(args)}:\n{result.stderr}{result.stdout}"
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, (
+            f"rabbitmq_cluster.py {' '.join(args)}:\n{result.stderr}{result.stdout}"
+        )
         return result.stdout
 
     def start(self) -> None:
         started = time.monotonic()
         out = self._run("start")
         self.start_s = time.monotonic() - started
-        self.url = next(line for line in out.splitlines() if line.startswith("RABBITMQ_URL=")).split("=", 1)[1]
+        self.url = next(line for line in out.splitlines() if line.startswith("RABBITMQ_URL=")).split("=", 1)[
+            1
+        ]
         assert self.url.count("amqp://") == 3, out
 
     def stop(self) -> None:
