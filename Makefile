@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 WORKERS ?= 2
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test bench services system-packages models setup-run setup-dev worker lint clean
+.PHONY: run test bench services system-packages models setup-run setup-dev worker lint clean cluster cluster-stop
 
 run: setup-run services
 	$(PY) scripts/run_stack.py --workers $(WORKERS)
@@ -39,6 +39,14 @@ system-packages:
 # The offline model the tests serve (EfficientNet-Lite0, fp32 and int8).
 models: setup-dev
 	@test -f models/efficientnet-lite0-int8.onnx || $(PY) -m converter efficientnet-lite0 --int8
+
+# A local three-node RabbitMQ cluster beside the machine's own node (README, "RabbitMQ cluster");
+# it prints the RABBITMQ_URL that lists its nodes.
+cluster:
+	python3 scripts/rabbitmq_cluster.py start
+
+cluster-stop:
+	python3 scripts/rabbitmq_cluster.py stop
 
 lint: setup-dev
 	$(VENV)/bin/hadolint */Dockerfile

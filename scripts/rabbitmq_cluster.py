@@ -182,8 +182,8 @@ def start(nodes: list[Node]) -> None:
         list(pool.map(boot, nodes))
     booted = time.monotonic() - started
     seed = nodes[0]
-    for node in nodes[1:]:
-        join(node, seed)
+    with ThreadPoolExecutor(len(nodes) - 1) as pool:  # both join the seed at once
+        list(pool.map(lambda node: join(node, seed), nodes[1:]))
     members = cluster_members(seed)
     expected = sorted(node.name for node in nodes)
     if members != expected:
