@@ -11,7 +11,6 @@ next attempt.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -23,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from classifier import metrics
-from common.contract import ModelInfo, model_announcement_key
+from common.contract import ModelInfo, model_announcement, model_announcement_key
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ class ResultCache:
 
     async def announce(self, queue: str, model: ModelInfo, ttl_s: int = ANNOUNCE_TTL_S) -> bool:
         """Tell gateways which model (hence which cache version) serves ``queue``."""
-        value = json.dumps({"name": model.name, "version": model.version}, separators=(",", ":"))
+        value = model_announcement(model)
         try:
             async with asyncio.timeout(self._timeout_s * 4):
                 await self._redis.set(model_announcement_key(queue), value, ex=ttl_s)

@@ -9,7 +9,6 @@ that each request does not pay a connect timeout.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
@@ -25,6 +24,7 @@ from common.contract import (
     SuccessReply,
     cache_key,
     model_announcement_key,
+    parse_model_announcement,
     parse_reply,
 )
 
@@ -126,8 +126,7 @@ def _parse_model(raw: bytes | str | None) -> ModelInfo | None:
     if raw is None:
         return None
     try:
-        data = json.loads(raw)
-        return ModelInfo(name=str(data["name"]), version=str(data["version"]))
-    except (ValueError, KeyError, TypeError) as exc:
+        return parse_model_announcement(raw)
+    except ContractError as exc:
         log.warning("ignoring a malformed model announcement %r: %s", raw[:200], exc)
         return None
