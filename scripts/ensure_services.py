@@ -18,7 +18,8 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
-RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+# RABBITMQ_URL may list a cluster's nodes, comma-separated: the first one stands for the cluster here.
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/").split(",")[0].strip()
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 MANAGEMENT_PORT = int(os.environ.get("RABBITMQ_MANAGEMENT_PORT", "15672"))
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
