@@ -130,7 +130,10 @@ class RpcClient:
         self._fail_pending(BrokerUnavailable("the connection to RabbitMQ was lost"))
 
     def _on_reconnected(self, connection: Any, *_: Any) -> None:
-        log.info("reconnected to RabbitMQ at %s; reply queue %r declared again", redact(connection.url), self.reply_queue)
+        log.info(
+            "reconnected to RabbitMQ at %s; reply queue %r declared again",
+            redact(connection.url), self.reply_queue,
+        )
 
     def _fail_pending(self, exc: RpcError) -> None:
         pending, self._pending = self._pending, {}
@@ -219,7 +222,7 @@ class RpcClient:
             raise BrokerUnavailable(f"RabbitMQ cannot route to queue {self.settings.queue_name!r}") from exc
         except DeliveryError as exc:  # basic.nack: x-overflow reject-publish, the queue is full ...
             if await self._nacks_without_cause():
-                raise BrokerUnavailable("RabbitMQ refused the job while the request queue changed leader") from exc
+                raise BrokerUnavailable("RabbitMQ refused the job while its queue changed leader") from exc
             raise QueueFull(f"queue {self.settings.queue_name!r} is full") from exc
         except TimeoutError:
             if headers.ms_left() <= 0:

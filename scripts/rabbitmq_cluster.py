@@ -192,7 +192,8 @@ def start(nodes: list[Node]) -> None:
         wait_port(node.management_port, up=True, timeout=BOOT_TIMEOUT_S)
     total = time.monotonic() - started
     say(
-        f"{len(nodes)} nodes running and clustered in {total:.1f} s (boot {booted:.1f} s, joins {total - booted:.1f} s)"
+        f"{len(nodes)} nodes running and clustered in {total:.1f} s "
+        f"(boot {booted:.1f} s, joins {total - booted:.1f} s)"
     )
     say(f"management UI: http://127.0.0.1:{seed.management_port}/ (guest/guest)")
     print("RABBITMQ_URL=" + ",".join(node.url for node in nodes))

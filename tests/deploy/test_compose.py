@@ -54,7 +54,9 @@ def test_the_five_services(services: dict[str, Any]) -> None:
     assert {name for name, service in services.items() if not service.get("profiles")} == SERVICES
 
 
-def test_the_cluster_profile_is_three_clustered_rabbitmq_nodes(services: dict[str, Any], tmp_path: Path) -> None:
+def test_the_cluster_profile_is_three_clustered_rabbitmq_nodes(
+    services: dict[str, Any], tmp_path: Path
+) -> None:
     nodes = {name: service for name, service in services.items() if "cluster" in service.get("profiles", [])}
     assert set(nodes) == {"rabbitmq-1", "rabbitmq-2", "rabbitmq-3"}
     cookies = set()
@@ -74,8 +76,8 @@ def test_the_cluster_profile_is_three_clustered_rabbitmq_nodes(services: dict[st
     env_file = tmp_path / "empty.env"
     env_file.write_text("")
     result = subprocess.run(
-        [*compose_command(), "--env-file", str(env_file), "-f", "docker-compose.yml", "-f", "docker-compose.cluster.yml",
-         "--profile", "cluster", "config"],
+        [*compose_command(), "--env-file", str(env_file), "-f", "docker-compose.yml",
+         "-f", "docker-compose.cluster.yml", "--profile", "cluster", "config"],
         check=False, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120,
         env={k: v for k, v in os.environ.items() if k not in compose_variables()},
     )

@@ -102,7 +102,8 @@ async def test_node_leading_the_request_queue_killed_under_load(
     print(
         f"[fault] answered {result.statuses[200]}, failed cleanly {result.statuses[503]} x 503 + "
         f"{result.statuses[504]} x 504, hung {result.hung}, lost {lost}; answers again {recovery_s:.1f} s "
-        f"after the kill (longest gap between 200s {gap_s:.1f} s); new leader {new_leader}; the node rejoined in {rejoin_s:.1f} s; "
+        f"after the kill (longest gap between 200s {gap_s:.1f} s); new leader {new_leader}; "
+        f"the node rejoined in {rejoin_s:.1f} s; "
         f"cluster start {cluster.start_s:.1f} s"
     )
     assert_all_answered(result)
