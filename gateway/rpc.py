@@ -52,7 +52,7 @@ class DeadlineExceeded(RpcError):
 
 
 class ChannelStuck(Exception):
-    """Why the gateway closes its own channel to have it replaced (see ``_nacks_without_cause``)."""
+    """Why the gateway drops its own connection to have a new one (see ``_nacks_without_cause``)."""
 
 
 class MalformedReply(RpcError):
@@ -75,6 +75,7 @@ class RpcClient:
         self._channel: AbstractChannel | None = None
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._connect_task: asyncio.Task[None] | None = None
+        self._dropping: asyncio.Task[Any] | None = None
         self._ready = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------
@@ -234,7 +235,7 @@ class RpcClient:
     async def _nacks_without_cause(self) -> bool:
         """... or, on RabbitMQ 3.10, a channel whose first publish to the quorum queue came while the
         queue had no leader (a node of the cluster just died): it then nacks every publish for good.
-        The queue's depth tells the two apart; a stuck channel is replaced (robust channel restore)."""
+        The queue's depth tells the two apart; a stuck channel is left with its connection."""
         assert self._channel is not None
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
@@ -246,15 +247,25 @@ class RpcClient:
             return False
         if (ok.message_count or 0) >= self.settings.queue_max_length // 2:
             return False
-        log.warning(
-            "RabbitMQ nacked a job although queue %r holds %d of %d: replacing the channel",
-            self.settings.queue_name, ok.message_count or 0, self.settings.queue_max_length,
+        self._reconnect_soon(
+            f"RabbitMQ nacked a job although queue {self.settings.queue_name!r} holds "
+            f"{ok.message_count or 0} of {self.settings.queue_max_length}"
         )
-        if not underlay.is_closed:
-            # Closed with a reason, aio-pika's robust channel opens a new one at once and declares the
-            # queues and the reply consumer again; calls waiting for replies are not affected.
-            await underlay.close(ChannelStuck("publishes nacked without cause"))
         return True
+
+    def _reconnect_soon(self, why: str) -> None:
+        """Drop the connection (once, however many calls notice): the robust reconnect, to the next
+        node, then opens a fresh channel, as after a node failure. Calls in flight get 503."""
+        transport = self._connection.transport if self._connection is not None else None
+        if transport is None or (self._dropping is not None and not self._dropping.done()):
+            return
+        log.warning("%s: reconnecting", why)
+
+        async def drop() -> None:
+            with contextlib.suppress(Exception):  # closing is all we want; it may already be closed
+                await transport.connection.close(ChannelStuck(why))
+
+        self._dropping = asyncio.create_task(drop(), name="rpc-drop")
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         correlation_id = message.correlation_id or ""
