@@ -210,6 +210,8 @@ class RpcClient:
         finally:
             # Forget the id: a reply that arrives later is dropped quietly in _on_reply.
             self._pending.pop(correlation_id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # failed by a lost connection while the publish failed too: seen
 
     async def _publish(self, message: aio_pika.Message, headers: JobHeaders) -> None:
         assert self._channel is not None
@@ -229,13 +231,13 @@ class RpcClient:
             if headers.ms_left() <= 0:
                 raise DeadlineExceeded("the deadline passed while publishing") from None
             raise BrokerUnavailable("RabbitMQ did not confirm the job in time") from None
-        except CONNECTION_EXCEPTIONS as exc:
+        except (ChannelStuck, *CONNECTION_EXCEPTIONS) as exc:
             raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc}") from exc
 
     async def _nacks_without_cause(self) -> bool:
         """... or, on RabbitMQ 3.10, a channel whose first publish to the quorum queue came while the
         queue had no leader (a node of the cluster just died): it then nacks every publish for good.
-        The queue's depth tells the two apart; a stuck channel is left with its connection."""
+        The queue's depth tells the two apart; a stuck channel goes, with its connection."""
         assert self._channel is not None
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
@@ -243,6 +245,8 @@ class RpcClient:
                 ok = await underlay.queue_declare(
                     self.settings.queue_name, durable=True, arguments=request_queue_arguments(self.settings)
                 )
+        except ChannelStuck:  # another call found the channel stuck first and dropped it
+            return True
         except (TimeoutError, *CONNECTION_EXCEPTIONS):
             return False
         if (ok.message_count or 0) >= self.settings.queue_max_length // 2:
