@@ -36,9 +36,14 @@ services:
 system-packages:
 	scripts/ensure_system_packages.sh
 
-# The offline model the tests serve (EfficientNet-Lite0, fp32 and int8).
+# The offline model the tests serve (EfficientNet-Lite0, fp32 and int8). The run's output is kept
+# beside them: the converter tests read it instead of converting the same model a second time.
 models: setup-dev
-	@test -f models/efficientnet-lite0-int8.onnx || $(PY) -m converter efficientnet-lite0 --int8
+	@test -f models/efficientnet-lite0-int8.onnx -a -f models/efficientnet-lite0.convert.log || { \
+	  mkdir -p models && \
+	  $(PY) -m converter efficientnet-lite0 --int8 --out-dir models > models/.convert.log.tmp && \
+	  mv models/.convert.log.tmp models/efficientnet-lite0.convert.log && \
+	  cat models/efficientnet-lite0.convert.log; }
 
 lint: setup-dev
 	$(VENV)/bin/hadolint */Dockerfile

@@ -137,23 +137,32 @@ class Preprocessor:
         return w0 * scale, h0 * scale
 
     def _resize(self, image: Image.Image) -> np.ndarray:
-        height, width = self.input_size
-        w0, h0 = image.size
-        if self.policy.mode == "stretch":
-            box = (0.0, 0.0, float(w0), float(h0))
-        else:
-            # Resize so that the image covers (W/ratio, H/ratio), keep the central W x H:
-            # the ImageNet evaluation recipe. One resize with a source box does the
-            # crop and the resampling in one pass, with no intermediate image.
-            scale = _cover_scale((w0, h0), (width, height), self.policy.crop_ratio)
-            box_w, box_h = width / scale, height / scale
-            left, top = (w0 - box_w) / 2, (h0 - box_h) / 2
-            box = (left, top, left + box_w, top + box_h)
-        resized = image.resize((width, height), Image.Resampling.BILINEAR, box=box)
-        array = np.asarray(resized, dtype=np.uint8)
-        if array.shape != (height, width, 3):  # cannot happen after _to_rgb; a loud guard
-            raise RuntimeError(f"preprocess produced shape {array.shape}")
-        return np.ascontiguousarray(array)
+        return fit_to_input(image, self.input_size, self.policy)
+
+
+def fit_to_input(image: Image.Image, input_size: tuple[int, int], policy: ResizePolicy) -> np.ndarray:
+    """The resize policy, in one place: an RGB image -> C-contiguous uint8 (H, W, 3).
+
+    The worker calls it on every upload and the converter on its parity, calibration
+    and accuracy inputs, so int8 is calibrated and judged on the pixels workers produce.
+    """
+    height, width = input_size
+    w0, h0 = image.size
+    if policy.mode == "stretch":
+        box = (0.0, 0.0, float(w0), float(h0))
+    else:
+        # Resize so that the image covers (W/ratio, H/ratio), keep the central W x H:
+        # the ImageNet evaluation recipe. One resize with a source box does the
+        # crop and the resampling in one pass, with no intermediate image.
+        scale = _cover_scale((w0, h0), (width, height), policy.crop_ratio)
+        box_w, box_h = width / scale, height / scale
+        left, top = (w0 - box_w) / 2, (h0 - box_h) / 2
+        box = (left, top, left + box_w, top + box_h)
+    resized = image.resize((width, height), Image.Resampling.BILINEAR, box=box)
+    array = np.asarray(resized, dtype=np.uint8)
+    if array.shape != (height, width, 3):  # cannot happen after _to_rgb; a loud guard
+        raise RuntimeError(f"preprocess produced shape {array.shape}")
+    return np.ascontiguousarray(array)
 
 
 def _cover_scale(size: tuple[int, int], target: tuple[int, int], ratio: float) -> float:

@@ -40,6 +40,9 @@ class Settings:
     # Decoded images above this many pixels are refused (decompression bombs).
     max_pixels: int = 40_000_000
     worker_metrics_port: int = 9100
+    # An int8 file whose scheme saturates on this CPU (u8s8 without VNNI): "refuse" to start,
+    # or "warn" loudly and serve it anyway (its answers differ from the converter's checks).
+    int8_on_saturating_cpu: str = "refuse"
     log_level: str = "INFO"
 
     @property

@@ -2,12 +2,14 @@
 # Debian packages the test suite drives for real:
 #   chromium        the browser tests (through Playwright; never `playwright install`)
 #   docker-compose  validates docker-compose.yml offline (`docker-compose config -q`)
+#   qemu-user       runs the int8 model as an AVX2 CPU without VNNI would (qemu-x86_64 -cpu Haswell)
 set -euo pipefail
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v qemu-x86_64 >/dev/null || missing+=(qemu-user)
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "[packages] chromium and docker-compose present"
+  echo "[packages] chromium, docker-compose and qemu-user present"
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
