@@ -40,7 +40,12 @@ system-packages:
 models: setup-dev
 	@test -f models/efficientnet-lite0-int8.onnx || $(PY) -m converter efficientnet-lite0 --int8
 
+# Static checks (configured in pyproject.toml): ruff lint and format check over the whole tree,
+# mypy strict on the services and common/, the Dockerfiles, the compose file.
 lint: setup-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint */Dockerfile
 	docker-compose -f docker-compose.yml config -q
 
