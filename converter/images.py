@@ -39,7 +39,7 @@ def load_photos(directory: Path) -> list[np.ndarray]:
 
 
 def resize(photo: np.ndarray, size: tuple[int, int], policy: ResizePolicy) -> np.ndarray:
-    """Map one photo onto the model input size as a worker would (DESIGN.md ``resize``)."""
+    """Map one photo onto the model input size as a worker would (docs/DESIGN.md ``resize``)."""
     from PIL import Image
 
     h, w = size
