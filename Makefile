@@ -45,7 +45,12 @@ models: setup-dev
 	  mv models/.convert.log.tmp models/efficientnet-lite0.convert.log && \
 	  cat models/efficientnet-lite0.convert.log; }
 
+# Static checks (configured in pyproject.toml): ruff lint and format check over the whole tree,
+# mypy strict on the services and common/, the Dockerfiles, the compose file.
 lint: setup-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint */Dockerfile
 	docker-compose -f docker-compose.yml config -q
 

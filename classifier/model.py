@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 
 class ModelError(RuntimeError):
-    """The model file is missing, unreadable or does not follow DESIGN.md's contract."""
+    """The model file is missing, unreadable or does not follow docs/DESIGN.md's contract."""
 
 
 class Model:
@@ -66,7 +66,7 @@ class Model:
         return self.metadata.input_size
 
     def _check_signature(self) -> int | None:
-        """Fail at start-up, not on the first job, if the graph is not what DESIGN.md says.
+        """Fail at start-up, not on the first job, if the graph is not what docs/DESIGN.md says.
 
         Returns the batch size if the graph fixes it (then predict() runs in chunks).
         """

@@ -1,6 +1,6 @@
 """Image bytes -> the model's input: uint8 H x W x 3 RGB, resized per the model's policy.
 
-The model graph does its own normalisation (DESIGN.md, "The model file"), so the
+The model graph does its own normalisation (docs/DESIGN.md, "The model file"), so the
 worker only decodes, orients, converts to RGB and resizes. Everything here runs
 in a worker thread: Pillow releases the GIL while it decodes and resamples.
 

@@ -1,6 +1,6 @@
 """The worker: consume jobs, micro-batch them, infer, reply, cache, ack.
 
-The path of one job (DESIGN.md, "RabbitMQ"):
+The path of one job (docs/DESIGN.md, "RabbitMQ"):
 
 1. ``_on_message`` (event loop): check the headers; a malformed job is
    answered ``internal`` and dead-lettered, an expired one answered ``expired``

@@ -3,7 +3,7 @@
 This module is the single owner of every name that crosses a process boundary:
 queue names, AMQP headers, the reply schema and the Redis cache key. Both sides
 import it; it imports only the standard library so that either side can.
-See ../shared/DESIGN.md for the prose version.
+See docs/DESIGN.md for the prose version.
 """
 
 from __future__ import annotations

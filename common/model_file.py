@@ -1,6 +1,6 @@
 """The model-file contract between the converter (writer) and the classifier (reader).
 
-One ``.onnx`` per model holds everything a worker needs (DESIGN.md, "The model
+One ``.onnx`` per model holds everything a worker needs (docs/DESIGN.md, "The model
 file"): a uint8 NHWC RGB input named ``image`` with normalisation inside the
 graph, a softmax output named ``probabilities``, and these metadata_props.
 Standard library only.

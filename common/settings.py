@@ -7,6 +7,7 @@ Redis; the README's table documents them all.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -57,7 +58,8 @@ class Settings:
             raw = os.environ.get(f.name.upper())
             if raw is None or raw == "":
                 continue
-            default = f.default
-            values[f.name] = type(default)(raw) if not isinstance(default, Path) else Path(raw)
+            # Every field has a plain default (str, int, float, Path): its type parses the text.
+            parse: Callable[[str], object] = Path if isinstance(f.default, Path) else type(f.default)
+            values[f.name] = parse(raw)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -39,7 +39,8 @@ def load_photos(directory: Path) -> list[np.ndarray]:
 
 
 def resize(photo: np.ndarray, size: tuple[int, int], policy: ResizePolicy) -> np.ndarray:
-    """Map one decoded photo onto the model input size with the worker's own resize policy."""
+    """Map one decoded photo onto the model input size with the worker's own resize policy
+    (docs/DESIGN.md ``resize``; classifier.preprocess.fit_to_input)."""
     from PIL import Image
 
     from classifier.preprocess import fit_to_input

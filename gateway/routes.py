@@ -1,4 +1,4 @@
-"""The URL map (DESIGN.md's HTTP table)."""
+"""The URL map (docs/DESIGN.md's HTTP table)."""
 
 from __future__ import annotations
 

@@ -57,7 +57,7 @@ class PredictionResult:
         return self.reply.top[: self.top_k]
 
     def to_json(self) -> dict[str, Any]:
-        """The /predict 200 body of DESIGN.md."""
+        """The /predict 200 body of docs/DESIGN.md."""
         best = self.top[0]
         return {
             "success": True,
