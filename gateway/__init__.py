@@ -62,7 +62,9 @@ def init_app(settings: Settings) -> web.Application:
         handler_args={"lingering_time": LINGERING_TIME_S, "auto_decompress": False},
     )
     metrics = GatewayMetrics()
-    store = UploadStore(settings.upload_dir, quota_bytes=int(settings.upload_store_mb * 1024 * 1024))
+    store = UploadStore(
+        settings.upload_dir, quota_bytes=int(settings.upload_store_mb * 1024 * 1024), metrics=metrics
+    )
     cache = ResultCache(settings.redis_url, settings.queue_name)
     rpc = RpcClient(settings)
     admission = Admission(settings, metrics)
@@ -75,7 +77,7 @@ def init_app(settings: Settings) -> web.Application:
         rpc=rpc,
         predictor=Predictor(settings, store, cache, rpc, metrics, admission),
         admission=admission,
-        readiness=ReadinessProbe(rpc, cache),
+        readiness=ReadinessProbe(rpc, cache, metrics),
     )
     setup_templates(app)
     setup_routes(app)

@@ -11,6 +11,9 @@ from aiohttp import web
 from common.settings import Settings
 from gateway import ConfigurationError, init_app
 
+# Connections the kernel may queue before we accept them (it caps this at net.core.somaxconn):
+# at aiohttp's default of 128, a burst of clients sees dropped SYNs and one-second retries.
+LISTEN_BACKLOG = 2048
 # Beyond the request deadline, time to write the last answers before connections are cut.
 SHUTDOWN_GRACE_S = 5.0
 
@@ -41,6 +44,7 @@ def main() -> None:
         port=settings.port,
         shutdown_timeout=settings.request_timeout_s + SHUTDOWN_GRACE_S,
         print=None,
+        backlog=LISTEN_BACKLOG,
         access_log=logging.getLogger("aiohttp.access"),
     )
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from common.settings import Settings
-from gateway.errors import ServiceUnavailable
+from gateway.errors import RequestTimeout, ServiceUnavailable
 from gateway.metrics import GatewayMetrics
 
 
@@ -60,10 +60,15 @@ class Admission:
             )
         budget = ReceiveBudget(self)
         self.receiving += 1
+        self.metrics.receiving.inc()
         try:
             yield budget
+        except RequestTimeout:
+            self.metrics.upload_timeouts.inc()
+            raise
         finally:
             self.receiving -= 1
+            self.metrics.receiving.dec()
             self.buffered -= budget.held
 
 

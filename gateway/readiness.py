@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.cache import ResultCache
+from gateway.metrics import GatewayMetrics
 from gateway.rpc import RpcClient
 
 # How long one probe's answer stands; orchestrators probe every few seconds.
@@ -30,14 +31,16 @@ class Probe:
 class ReadinessProbe:
     """Asks the broker and Redis for readiness, at most once per ``ttl_s``; callers meanwhile share it."""
 
-    def __init__(self, rpc: RpcClient, cache: ResultCache, ttl_s: float = READY_TTL_S) -> None:
+    def __init__(
+        self, rpc: RpcClient, cache: ResultCache, metrics: GatewayMetrics, ttl_s: float = READY_TTL_S
+    ) -> None:
+        self._metrics = metrics
         self._rpc = rpc
         self._cache = cache
         self._ttl_s = ttl_s
         self._answer: Probe | None = None
         self._asked_at = float("-inf")
         self._lock = asyncio.Lock()
-        self.probes = 0  # how many times the broker was actually asked
 
     async def check(self) -> Probe:
         if self._fresh():
@@ -45,7 +48,7 @@ class ReadinessProbe:
             return self._answer
         async with self._lock:  # the first caller probes; the others wait for its answer
             if not self._fresh():
-                self.probes += 1
+                self._metrics.readiness_probes.inc()
                 consumers = await self._rpc.consumer_count()
                 redis_up = await self._cache.ping()
                 self._answer, self._asked_at = Probe(consumers, redis_up), time.monotonic()

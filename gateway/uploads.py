@@ -25,6 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from common.settings import Settings
 from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +314,11 @@ class UploadStore:
     one folder each hold their own view (each keeps the folder within its quota).
     """
 
-    def __init__(self, root: Path, quota_bytes: int = 1024 * 1024 * 1024) -> None:
+    def __init__(
+        self, root: Path, quota_bytes: int = 1024 * 1024 * 1024, metrics: GatewayMetrics | None = None
+    ) -> None:
         self.root = root
+        self._metrics = metrics
         self.quota_bytes = quota_bytes
         self.used_bytes = 0
         self._sizes: OrderedDict[str, int] = OrderedDict()  # least recently used first
@@ -346,6 +350,9 @@ class UploadStore:
             self.used_bytes -= victim_size
             self._remember_evicted(victim)
             victims.append(victim)
+        if self._metrics is not None:
+            self._metrics.store_evictions.inc(len(victims))
+            self._metrics.store_bytes.set(self.used_bytes + size)
         return victims
 
     def _remember_evicted(self, image_id: str) -> None:
