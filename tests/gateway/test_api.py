@@ -514,4 +514,3 @@ async def test_metrics_are_prometheus_text(gateway_client: TestClient) -> None:
 
 async def _ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
     """A consumer that takes nothing away (it never acks): it only has to exist."""
-

@@ -26,6 +26,7 @@ from PIL import Image
 from common.contract import ModelInfo, cache_key
 from gateway.feedback import HEADER
 from gateway.readiness import READY_TTL_S
+from gateway.state import GATEWAY
 from tests.gateway.conftest import make_reply
 from tests.support.metrics import scrape, total
 from tests.support.processes import ServiceProcess, http_ok, service_env
@@ -289,3 +290,69 @@ def test_the_gateway_refuses_to_start_when_an_upload_cannot_fit_a_broker_message
     assert code == 2, log
     assert "refusing to start" in log and words in log and "max_message_size" in log, log
     assert "Traceback" not in log
+
+
+# -- 1 and 2, in process: framing is counted, bodies are bounded in time and memory --------------
+
+
+async def test_many_parts_are_400_and_framing_counts_against_the_limit(make_gateway, photos) -> None:
+    client = await make_gateway()
+    many = b"--b\r\n\r\n\r\n" * 17 + b"--b--\r\n"
+    response = await client.post(
+        "/predict", data=many, headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert response.status == 400 and "more than 16 parts" in (await response.json())["error"]
+    # A real file with a preamble: the preamble's bytes count too (1 MB limit + 64 KiB of framing).
+    jpeg = photos["coffee"].read_bytes()
+    body = (
+        b"x" * (1024 * 1024)
+        + b'\r\n--b\r\nContent-Disposition: form-data; name="file"; filename="c.jpg"\r\n\r\n'
+    )
+    body += jpeg + b"\r\n--b--\r\n"
+    response = await client.post(
+        "/predict", data=body, headers={"Content-Type": "multipart/form-data; boundary=b"}
+    )
+    assert response.status == 413
+
+
+async def test_an_upload_that_stalls_is_408_at_its_deadline_and_the_connection_closes(make_gateway) -> None:
+    client = await make_gateway(upload_timeout_s=1.0)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    started = time.perf_counter()
+    try:
+        writer.write(
+            b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\nContent-Length: 5000\r\n\r\n\xff\xd8"
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 5)
+        answered_s = time.perf_counter() - started
+        rest = await asyncio.wait_for(reader.read(), 5)  # closed after the lingering time, not kept alive
+    finally:
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line
+    assert 0.9 < answered_s < 2.0
+    assert b"did not arrive in time" in rest and b"Connection: close" in rest
+
+
+async def test_bodies_being_received_are_bounded_in_memory(make_gateway) -> None:
+    client = await make_gateway(receive_buffer_mb=1.0)
+    head = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: image/jpeg\r\nContent-Length: 1000000\r\n\r\n"
+    streams = [await asyncio.open_connection(client.host, client.port) for _ in range(2)]
+    try:
+        for _, writer in streams:
+            writer.write(head + b"\xff\xd8\xff" + bytes(600_000))  # 1.2 MB held by the two together
+            await writer.drain()
+            await asyncio.sleep(0.3)
+        second = await asyncio.wait_for(streams[1][0].readline(), 5)
+        try:
+            first = await asyncio.wait_for(streams[0][0].read(1), 0.3)
+        except TimeoutError:
+            first = b""  # no answer yet: it is still being received
+    finally:
+        for _, writer in streams:
+            writer.close()
+    assert second.startswith(b"HTTP/1.1 503"), second
+    assert first == b""  # the first still arrives: only the one that crossed the bound is refused
+    admission = client.app[GATEWAY].admission
+    await asyncio.sleep(0.3)
+    assert admission.receiving == 0 and admission.buffered == 0

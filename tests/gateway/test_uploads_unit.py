@@ -16,7 +16,9 @@ from gateway.uploads import (
     JPEG,
     PNG,
     TIFF,
+    UPLOAD_GRACE_S,
     WEBP,
+    ReadLimits,
     Upload,
     UploadStore,
     sniff_image_type,
@@ -154,3 +156,12 @@ async def test_store_keeps_its_quota_evicting_the_least_recently_used(tmp_path: 
     smaller = UploadStore(root, quota_bytes=5_000)
     assert smaller.used_bytes <= 5_000 and len(list(root.iterdir())) == 5
     assert not await smaller.save(_upload(b"\xff\xd8\xff" + bytes(6_000)))  # over the whole quota
+
+
+def test_the_read_deadline_is_the_sooner_of_the_total_and_the_pace() -> None:
+    limits = ReadLimits(max_bytes=10 * 1024 * 1024, timeout_s=60.0, min_rate=16 * 1024)
+    # Nothing yet: the grace period; then each 16 KiB buys a second more, up to the total deadline.
+    assert limits.deadline(100.0, 0) == 100.0 + UPLOAD_GRACE_S
+    assert limits.deadline(100.0, 16 * 1024 * 10) == 100.0 + UPLOAD_GRACE_S + 10
+    assert limits.deadline(100.0, 10 * 1024 * 1024) == 160.0
+    assert ReadLimits(max_bytes=1, timeout_s=3.0, min_rate=0).deadline(0.0, 0) == 3.0
