@@ -208,12 +208,16 @@ async def test_feedback_on_a_full_disk_is_a_clear_503_and_never_a_partial_row(
 # -- 5. readiness probes cannot stall jobs ----------------------------------------------------
 
 
-def _flood(url: str, stop: threading.Event, counter: list[int], connections: int = 64) -> None:
+def _flood(url: str, stop: threading.Event, counter: list[int], connections: int = 128) -> None:
+    """``connections`` probers, each asking again 0.1 s after its answer: many probes at once, at a
+    rate (~1,000/s) the gateway's loop serves without being the bottleneck itself."""
+
     async def one(session: aiohttp.ClientSession) -> None:
         while not stop.is_set():
             async with session.get(f"{url}/health/ready") as r:
                 await r.read()
             counter[0] += 1
+            await asyncio.sleep(0.1)
 
     async def main() -> None:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=connections)) as session:
@@ -259,10 +263,11 @@ async def test_a_flood_of_readiness_probes_does_not_reach_the_broker_or_slow_pre
         f"{statistics.median(quiet) * 1000:.0f} ms quiet, {statistics.median(flooded) * 1000:.0f} ms flooded "
         f"(max {max(flooded) * 1000:.0f} ms)"
     )
-    assert counter[0] > 200
-    assert probes <= seconds / READY_TTL_S + 2
-    # The probes cost the loop some CPU (one answer each), never a wait behind the broker.
-    assert statistics.median(flooded) < statistics.median(quiet) + 0.25
+    assert counter[0] > 500
+    assert 1 <= probes <= seconds / READY_TTL_S + 2
+    # The probes cost the loop some CPU (one answer each), never a wait behind the broker's queue
+    # declarations (measured: +14 to +23 ms now; +92 ms when each probe declared the queue).
+    assert statistics.median(flooded) < statistics.median(quiet) + 0.075
 
 
 # -- 6. the broker's maximum message size ------------------------------------------------------
