@@ -148,17 +148,18 @@ class _MeteredBody:
         self._hold = hold
         self.limit = limit
         self.used = 0
+        self._peak = 0
         self._lines = 0
         self._reads = 0
         self._started = asyncio.get_running_loop().time()
 
-    async def _guarded(self, read: Awaitable[bytes]) -> bytes:
+    async def _guarded(self, read: Callable[[], Awaitable[bytes]]) -> bytes:
         self._reads += 1
         if self._reads % YIELD_EVERY_READS == 0:
             await asyncio.sleep(0)  # buffered data is read without suspending: let others run
         try:
             async with asyncio.timeout_at(self._limits.deadline(self._started, self.used)):
-                data = await read
+                data = await read()
         except TimeoutError:
             raise RequestTimeout(
                 f"The upload did not arrive in time (the body must come within {self._limits.timeout_s:g} s, "
@@ -167,11 +168,13 @@ class _MeteredBody:
         self.used += len(data)
         if self.used > self.limit:
             raise _too_large(self._limits.max_bytes)
-        self._hold(len(data))
+        if self.used > self._peak:  # bytes given back (unread_data) and read again are held once
+            self._hold(self.used - self._peak)
+            self._peak = self.used
         return data
 
     async def read(self, n: int = -1) -> bytes:
-        return await self._guarded(self._stream.read(n if n > 0 else CHUNK_SIZE))
+        return await self._guarded(lambda: self._stream.read(n if n > 0 else CHUNK_SIZE))
 
     async def readline(self, *, max_line_length: int | None = None) -> bytes:
         self._lines += 1
@@ -179,7 +182,7 @@ class _MeteredBody:
             raise BadRequest(
                 "The multipart body has too many lines outside its file (preamble or part headers)."
             )
-        return await self._guarded(self._stream.readline(max_line_length=max_line_length))
+        return await self._guarded(lambda: self._stream.readline(max_line_length=max_line_length))
 
     def at_eof(self) -> bool:
         return self._stream.at_eof()
