@@ -25,15 +25,21 @@ class GatewayError(Exception):
     """A request failed; ``status`` is its HTTP status, ``message`` says why, for a human."""
 
     status: int = 500
+    # Close the connection after the answer (the client is not worth keeping).
+    close_connection: bool = False
 
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self._extra_headers = headers or {}
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        retry = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        return {**self._extra_headers, **retry}
 
 
 class BadRequest(GatewayError):
@@ -46,6 +52,13 @@ class NotFound(GatewayError):
     """The thing asked for does not exist."""
 
     status = 404
+
+
+class RequestTimeout(GatewayError):
+    """The upload's body did not arrive within its deadline, or too slowly."""
+
+    status = 408
+    close_connection = True
 
 
 class PayloadTooLarge(GatewayError):

@@ -24,20 +24,29 @@ from common.contract import (
     now_ms,
 )
 from common.settings import Settings
+from gateway.admission import Admission
 from gateway.cache import ResultCache
 from gateway.errors import (
     RETRY_AFTER_BROKER_DOWN_S,
     BadGateway,
     BadRequest,
     GatewayTimeout,
+    PayloadTooLarge,
     ServiceUnavailable,
     UnprocessableImage,
 )
 from gateway.image_size import check_pixel_limit
 from gateway.metrics import GatewayMetrics
-from gateway.rpc import BrokerUnavailable, DeadlineExceeded, MalformedReply, QueueFull, RpcClient
+from gateway.rpc import (
+    BrokerUnavailable,
+    DeadlineExceeded,
+    MalformedReply,
+    MessageTooLarge,
+    QueueFull,
+    RpcClient,
+)
 from gateway.singleflight import SingleFlight
-from gateway.uploads import Upload, UploadStore, read_upload
+from gateway.uploads import ReadLimits, Upload, UploadStore, read_upload
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +103,11 @@ class Predictor:
         cache: ResultCache,
         rpc: RpcClient,
         metrics: GatewayMetrics,
+        admission: Admission,
     ) -> None:
         self.settings = settings
+        self.admission = admission
+        self.read_limits = ReadLimits.from_settings(settings)
         self.store = store
         self.cache = cache
         self.rpc = rpc
@@ -106,19 +118,27 @@ class Predictor:
 
     async def predict(self, request: web.Request, top_k: int) -> PredictionResult:
         started = time.perf_counter()
-        upload = await read_upload(request, self.settings.max_upload_bytes)
-        check_pixel_limit(upload, self.settings.max_pixels)  # a bomb is neither stored nor published
-        image_id = await self.store.save(upload)
+        # No worker slot could take it: refuse before reading a body we would throw away.
+        self.admission.check_waiting_room()
+        # While the body arrives it holds a receiving slot, never one of MAX_IN_FLIGHT.
+        with self.admission.receiving_slot() as received:
+            upload = await read_upload(request, self.read_limits, received.hold)
+        check_pixel_limit(upload, self.settings.max_pixels)  # a bomb is never published
         # The deadline starts once the upload is in: a slow client's upload does not eat the worker's time.
         deadline_ms = now_ms() + int(self.settings.request_timeout_s * 1000)
-        # Identical images in flight at once are classified once (same sha256, same job).
-        reply, cached = await self._flights.run(upload.sha256, lambda: self._classify(upload, deadline_ms))
+        with self.admission.waiting_slot():
+            # Identical images in flight at once are classified once (same sha256, same job).
+            reply, cached = await self._flights.run(
+                upload.sha256, lambda: self._classify(upload, deadline_ms)
+            )
         if not reply.top:
             raise BadGateway("The classifier answered with no labels.")
+        # Only an image a worker decoded is kept (a 4xx upload never reaches the disk).
+        await self.store.save(upload)
         return PredictionResult(
             reply=reply,
             cached=cached,
-            image_id=image_id,
+            image_id=upload.image_id,
             latency_ms=(time.perf_counter() - started) * 1000,
             top_k=top_k,
         )
@@ -133,6 +153,8 @@ class Predictor:
         headers = JobHeaders(sha256=upload.sha256, deadline_ms=deadline_ms, top_k=MAX_TOP_K)
         try:
             reply = await self.rpc.call(upload.data, content_type=upload.kind.content_type, headers=headers)
+        except MessageTooLarge:
+            raise PayloadTooLarge("The upload is larger than the message broker can carry.") from None
         except QueueFull:
             self.metrics.rpc_rejected.labels("queue_full").inc()
             raise ServiceUnavailable("The classifier queue is full; please retry shortly.") from None
