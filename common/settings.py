@@ -38,7 +38,7 @@ class Settings:
     # The gateway's bound on requests it holds at once; beyond it, 503 at once.
     max_in_flight: int = 512
     # Decoded images above this many pixels are refused (decompression bombs).
-    max_pixels: int = 40_000_000
+    max_pixels: int = 25_000_000
     worker_metrics_port: int = 9100
     log_level: str = "INFO"
 
