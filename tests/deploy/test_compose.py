@@ -305,3 +305,49 @@ def test_converter_fails_when_the_model_file_is_not_written(tmp_path: Path) -> N
     result, _, calls = run_converter_script(tmp_path, "resnet50", fail=True)
     assert result.returncode != 0 and len(calls) == 1
     assert "did not write" in result.stderr
+
+
+# --- memory limits -----------------------------------------------------------------------
+
+def memory_bytes(value: object) -> int:
+    """A Compose memory size (bytes, or 512m / 1g / 1536M as v1 prints it) in bytes."""
+    text = str(value).strip().lower().rstrip("b")
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+# Peak RSS measured under 16 clients with EfficientNet-Lite0 (README, "Memory limits"):
+# the model and onnxruntime; ResNet50's weights (98 MB) and activations come on top.
+WORKER_BASELINE_MIB = 260
+RESNET50_EXTRA_MIB = 300
+
+
+def test_every_long_running_service_has_a_memory_limit(services: dict[str, Any]) -> None:
+    for name in LONG_RUNNING:
+        assert memory_bytes(services[name].get("mem_limit", 0)) > 0, f"{name} has no memory limit"
+
+
+def test_a_worker_can_afford_its_worst_decodes(services: dict[str, Any]) -> None:
+    from classifier.worker import DECODE_THREADS
+    from tests.classifier.test_decode_cost import DECODE_PEAK_BUDGET_MIB
+
+    needed = WORKER_BASELINE_MIB + RESNET50_EXTRA_MIB + DECODE_THREADS * DECODE_PEAK_BUDGET_MIB
+    assert memory_bytes(services["classifier"]["mem_limit"]) >= needed * 2**20
+
+
+def test_rabbitmq_knows_its_memory_limit(services: dict[str, Any], tmp_path: Path) -> None:
+    """Told its container's limit, RabbitMQ raises its memory alarm (blocking publishers: 503s)
+    at 40 % of it; unaware of it, it would count the host's memory and be killed instead."""
+    for config in (services, compose_config(tmp_path, "RABBITMQ_MEMORY_BYTES=2147483648\n")["services"]):
+        broker = config["rabbitmq"]
+        args = environment(broker)["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"].split()
+        assert args[:2] == ["-rabbit", "total_memory_available_override_value"]
+        assert int(args[2]) == memory_bytes(broker["mem_limit"])
+
+
+def test_redis_cache_fits_its_container(services: dict[str, Any]) -> None:
+    command = [str(part) for part in services["redis"]["command"]]
+    maxmemory = memory_bytes(command[command.index("--maxmemory") + 1])
+    assert 0 < maxmemory < memory_bytes(services["redis"]["mem_limit"])
