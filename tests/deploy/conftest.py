@@ -92,12 +92,12 @@ SECRETS = {
 SECRETS_TEXT = "".join(f"{k}={v}\n" for k, v in SECRETS.items())
 
 
-def compose_config(tmp_path: Path, env_file_text: str = "", *, secrets: bool = True,
+def compose_config(tmp_path: Path, env_file_text: str = "", *, required_env: bool = True,
                    **extra_env: str) -> dict[str, Any]:
-    """The resolved configuration; ``secrets`` puts the required passwords first in the env
+    """The resolved configuration; ``required_env`` puts the required passwords first in the env
     file (a line of ``env_file_text`` for the same variable wins)."""
     env_file = tmp_path / f"compose-{len(list(tmp_path.glob('compose-*.env')))}.env"
-    env_file.write_text((SECRETS_TEXT if secrets else "") + env_file_text)
+    env_file.write_text((SECRETS_TEXT if required_env else "") + env_file_text)
     result = run_compose_config(env_file, extra_env)
     assert result.returncode == 0, f"compose config failed:\n{result.stderr}"
     return yaml.safe_load(result.stdout)
