@@ -91,7 +91,7 @@ async def test_worker_killed_under_make_run_is_restarted_and_nothing_is_lost(
     [doomed] = run.wait_for_pids("worker-1", 1)
     [gateway_pid] = run.pids("gateway")
 
-    requests = 160
+    requests = 128
     load = asyncio.create_task(run_load(
         f"{run.base_url}/predict", distinct_jpegs, concurrency=16, deadline_s=15, total=requests, unique=True,
     ))
@@ -111,7 +111,7 @@ async def test_worker_killed_under_make_run_is_restarted_and_nothing_is_lost(
     pids = await asyncio.to_thread(run.wait_for_pids, "worker-1", 2, 30)
     result = await load
     print(f"\n[supervisor] kill -9 worker-1 holding {held:.0f} jobs: {result.summary()}; "
-          f"worker-1 running again after {back_after:.1f} s")
+          f"worker-1 consuming again after {back_after:.1f} s")
 
     assert not result.errors and result.hung == 0, result.summary()
     assert result.statuses[200] == requests, result.summary()  # the held jobs were answered too
@@ -121,6 +121,12 @@ async def test_worker_killed_under_make_run_is_restarted_and_nothing_is_lost(
     assert run.pids("gateway") == [gateway_pid] and len(run.pids("worker-2")) == 1
     rabbitmq_api.wait_for(lambda: rabbitmq_api.queue(queue_name)["consumers"] == 2, what="2 consumers again")
     assert http_ok(f"http://127.0.0.1:{run.first_metrics_port}/metrics")  # the new worker-1
+
+    # The gateway is supervised too: killed, it is back and serving on the same port.
+    os.kill(gateway_pid, signal.SIGKILL)
+    assert run.wait_for_pids("gateway", 2, 30)[1] != gateway_pid
+    run.process.wait_until(lambda: http_ok(f"{run.base_url}/health/ready"), 30, "the gateway back")
+    assert len(run.pids("worker-2")) == 1
     assert run.stop() == 0, run.process.log_tail()
     assert "all jobs in hand answered" in run.process.log_text()
 
