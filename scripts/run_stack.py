@@ -174,21 +174,24 @@ def main(workers: int, start_retries: int) -> int:
     conf.chmod(0o600)
     print_where_to_go(env)
     say(f"processes:      supervisorctl -c {conf} status   (restart, stop, start NAME)")
-    # supervisord's own lines and the listener's (to /dev/stdout) come through one pipe, so a
-    # redirected `make run > file` keeps them in order (a reopened file would not).
-    child = subprocess.Popen([supervisord, "-n", "-c", str(conf)], cwd=REPO_ROOT, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    assert child.stdout is not None
+    children: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, _frame: object) -> None:
         # Ctrl-C reaches supervisord too (same process group); a second SIGINT is harmless.
         if signum == signal.SIGINT:
             say("stopping: the gateway first, then the workers finish the jobs they hold")
-        child.send_signal(signum)
+        for child in children:
+            child.send_signal(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forward)
     try:
+        # supervisord's own lines and the listener's (to /dev/stdout) come through one pipe, so a
+        # redirected `make run > file` keeps them in order (a reopened file would not).
+        child = subprocess.Popen([supervisord, "-n", "-c", str(conf)], cwd=REPO_ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        children.append(child)
+        assert child.stdout is not None
         for line in child.stdout:
             sys.stdout.buffer.write(line)
             sys.stdout.flush()
@@ -197,8 +200,6 @@ def main(workers: int, start_retries: int) -> int:
         shutil.rmtree(rundir, ignore_errors=True)
     say("stopped" if code == 0 else f"supervisord exited with {code}")
     return code
-
-
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,7 +52,7 @@ def redis_port(services: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
                 if probe.ping():
                     break
             except redis.ConnectionError:
-                subprocess.run(["sleep", "0.05"])
+                time.sleep(0.05)
         yield port
     finally:
         probe.close()
@@ -98,20 +98,20 @@ def test_the_gateway_cannot_write_and_strangers_cannot_read(services, redis_port
         for forbidden in (lambda: worker.set("other", 1), worker.flushall, lambda: worker.config_get("*")):
             with pytest.raises(NoPermissionError):
                 forbidden()
-    with redis.Redis(port=redis_port) as anonymous:
-        with pytest.raises((AuthenticationError, ResponseError), match="NOAUTH|authenticated"):
-            anonymous.get("clf:v1:model:classify")
-    with redis.Redis(port=redis_port, username="default", password="") as default:
-        with pytest.raises((AuthenticationError, ResponseError)):
-            default.ping()
-    with redis.Redis.from_url(gateway_url.replace("gateway-test-pw", "wrong")) as wrong:
-        with pytest.raises((AuthenticationError, ResponseError)):
-            wrong.ping()
+    with redis.Redis(port=redis_port) as anonymous, \
+            pytest.raises((AuthenticationError, ResponseError), match="NOAUTH|authenticated"):
+        anonymous.get("clf:v1:model:classify")
+    with redis.Redis(port=redis_port, username="default", password="") as default, \
+            pytest.raises((AuthenticationError, ResponseError)):
+        default.ping()
+    with redis.Redis.from_url(gateway_url.replace("gateway-test-pw", "wrong")) as wrong, \
+            pytest.raises((AuthenticationError, ResponseError)):
+        wrong.ping()
 
 
 def test_the_healthcheck_command_passes(services, redis_port) -> None:
     test = services["redis"]["healthcheck"]["test"]
     assert test[0] == "CMD" and test[1] == "redis-cli"
     result = subprocess.run([*test[1:2], "-p", str(redis_port), *test[2:]], capture_output=True, text=True,
-                            timeout=10)
+                            timeout=10, check=False)
     assert result.returncode == 0 and result.stdout.strip() == "PONG", result
