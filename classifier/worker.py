@@ -71,7 +71,9 @@ PUBLISH_TIMEOUT_S = 10.0
 CANCEL_GRACE_S = 0.1
 # Back-off while the broker is unreachable at start-up, or refuses to let us consume again.
 CONNECT_BACKOFF_S = (0.5, 1, 2, 5, 10)
-DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Two at most: the worst decodes within MAX_PIXELS take ~400 MiB each (README, "Decode cost"),
+# and decoding overlaps inference with two as well as with four.
+DECODE_THREADS = max(1, min(2, os.cpu_count() or 1))
 # Set by quorum queues on a redelivery: how many times the job was delivered before (RabbitMQ's
 # header, not our contract's). On 3.10, delivery n carries n-1 (the first carries none).
 DELIVERY_COUNT_HEADER = "x-delivery-count"

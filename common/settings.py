@@ -51,7 +51,7 @@ class Settings:
     # RabbitMQ's max_message_size (128 MiB by default in 3.10): MAX_UPLOAD_MB must fit in it.
     broker_max_message_mb: float = 128.0
     # Decoded images above this many pixels are refused (decompression bombs).
-    max_pixels: int = 40_000_000
+    max_pixels: int = 25_000_000
     worker_metrics_port: int = 9100
     # An int8 file whose scheme saturates on this CPU (u8s8 without VNNI): "refuse" to start,
     # or "warn" loudly and serve it anyway (its answers differ from the converter's checks).
