@@ -43,7 +43,7 @@ from gateway.service import PredictionResult
 from gateway.state import GATEWAY
 
 SERVER_NAME = "image-classification-serving"
-EXTENSIONS = ("classification", "binary_tensor_data")
+EXTENSIONS = ("classification", "binary_tensor_data", "model_repository")
 PLATFORM = "onnxruntime_onnx"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -109,6 +109,34 @@ async def model_ready(request: web.Request) -> web.Response:
     model = await _served_model(request)
     ready = await _workers_ready(request)
     return web.json_response({"name": model.name, "ready": ready}, status=200 if ready else 503)
+
+
+@oip_errors
+async def repository_index(request: web.Request) -> web.Response:
+    """POST /v2/repository/index (model repository extension): the served model, if one is announced.
+
+    Body optional: ``{"ready": true}`` lists only a model that can infer now.
+    """
+    body = await _read_body(request, JSON_OVERHEAD)
+    only_ready = False
+    if body.strip():
+        try:
+            options = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("The repository index request is not valid JSON.") from None
+        only_ready = _object(options, "the request").get("ready", False)
+        if not isinstance(only_ready, bool):
+            raise BadRequest("'ready' must be true or false.")
+    model = await request.app[GATEWAY].cache.model()
+    if model is None:
+        return web.json_response([])
+    ready = await _workers_ready(request)
+    if only_ready and not ready:
+        return web.json_response([])
+    entry = {"name": model.name, "version": model.version, "state": "READY" if ready else "UNAVAILABLE"}
+    if not ready:
+        entry["reason"] = "no worker consumes the request queue"
+    return web.json_response([entry])
 
 
 async def _workers_ready(request: web.Request) -> bool:

@@ -399,7 +399,10 @@ def _our_paths() -> dict[str, Any]:
                     "text/css": {"schema": {"type": "string"}},
                     "image/svg+xml": {"schema": {"type": "string"}}}},
                 "403": {"description": "Forbidden path.", "content": _json(_ref("Error"))},
-                **_api_errors(404),
+                "404": {
+                    "description": "No such file (aiohttp's static handler answers it itself, with no body).",
+                    "content": {**_json(_ref("Error")), "application/octet-stream": {"schema": {"type": "string"}}},
+                },
             }}},
         "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document.", "responses": {
             "200": {"description": "OpenAPI 3.1.", "content": _json({"type": "object"})}}}},
@@ -445,6 +448,24 @@ def _v2_paths() -> dict[str, Any]:
             **{str(status): {"description": "Ready." if status == 200 else "Not ready.", "content": _json({
                 "type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}})}
                for status in (200, 503)}}}},
+        "/v2/repository/index": {"post": {
+            "operationId": "repositoryIndex",
+            "summary": "Model repository extension: the served model (none before a worker announces it).",
+            "requestBody": {"required": False, "content": _json({
+                "type": "object", "properties": {"ready": {"type": "boolean"}}})},
+            "responses": {
+                "200": {"description": "The models.", "content": _json({"type": "array", "items": {
+                    "type": "object",
+                    "required": ["name", "version", "state"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "version": {"type": "string"},
+                        "state": {"enum": ["READY", "UNAVAILABLE"]},
+                        "reason": {"type": "string"},
+                    },
+                }})},
+                **_protocol_errors(400, 413),
+            }}},
         **_v2_model_paths("", {
             "operationId": "modelMetadata",
             "summary": "The served model's metadata; 404 for another name or version.",

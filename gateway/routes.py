@@ -42,6 +42,7 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/v2", oip.server_metadata, name="v2_server")
     router.add_get("/v2/health/live", oip.server_live, name="v2_live")
     router.add_get("/v2/health/ready", oip.server_ready, name="v2_ready")
+    router.add_post("/v2/repository/index", oip.repository_index, name="v2_repository_index")
     model = "/v2/models/{model_name}"
     for prefix, suffix in ((model, ""), (f"{model}/versions/{{model_version}}", "_version")):
         router.add_get(prefix, oip.model_metadata, name=f"v2_model{suffix}")

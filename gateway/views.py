@@ -75,7 +75,10 @@ async def _feedback_data(request: web.Request) -> Mapping[str, Any]:
     if request.content_length is not None and request.content_length > FEEDBACK_MAX_BYTES:
         raise PayloadTooLarge("The feedback is too large.")
     if _is_form(request):
-        return await request.post()
+        try:
+            return await request.post()
+        except ValueError as exc:  # e.g. multipart without a boundary: the client's fault, not ours
+            raise BadRequest(f"The form body is malformed: {exc}") from None
     if request.content_type == "application/json":
         try:
             data = json.loads(await request.text())
