@@ -62,3 +62,22 @@ def test_a_broken_vector_is_a_contract_error(bad: object) -> None:
 def test_full_answers_have_a_cache_key_of_their_own() -> None:
     assert cache_key("v", SHA) != cache_key("v", SHA, probabilities=True)
     assert cache_key("v", SHA, probabilities=True).startswith(cache_key("v", SHA))
+
+
+def test_the_gateway_with_the_protocol_imports_nothing_heavy() -> None:
+    """The v2 tensors are built with array/struct: importing the gateway pulls no numpy, Pillow or ORT."""
+    import subprocess
+    import sys
+
+    from tests.support.processes import REPO_ROOT, service_env
+
+    code = (
+        "import sys, gateway, gateway.oip, gateway.openapi\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'numpy', 'PIL', 'onnxruntime', 'torch', 'tensorflow'}))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=service_env({}), cwd=REPO_ROOT, capture_output=True, text=True,
+        check=True, timeout=60,
+    )
+    assert run.stdout.strip() == "[]", run.stdout
