@@ -25,6 +25,7 @@ from tests.security.conftest import Stack
 from tests.support.processes import REPO_ROOT
 
 ESPRESSO = 967
+CATS = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
 CLASSIFICATION_RE = re.compile(r"^(\d+\.\d{6}):(\d+):(.+)$")
 
 
@@ -128,6 +129,7 @@ def test_batch_of_8_comes_back_in_order(
     labels = [entries[0][2] for entries in classify(triton, batch, 1, binary=False)]
     assert len(labels) == 8
     assert [labels[i] for i in (0, 3, 6)] == ["espresso"] * 3, labels
+    assert {labels[i] for i in (1, 4, 7)} <= CATS, labels
     assert [int(row.argmax()) for row in together] == [
         entries[0][1] for entries in classify(triton, batch, 1, binary=True)
     ]
