@@ -72,7 +72,9 @@ oip_errors = error_body_shape(protocol_error)
 @oip_errors
 async def server_metadata(request: web.Request) -> web.Response:
     """GET /v2: who we are and which protocol extensions we speak."""
-    return web.json_response({"name": SERVER_NAME, "version": CONTRACT_VERSION, "extensions": list(EXTENSIONS)})
+    return web.json_response(
+        {"name": SERVER_NAME, "version": CONTRACT_VERSION, "extensions": list(EXTENSIONS)}
+    )
 
 
 @oip_errors
@@ -197,7 +199,9 @@ async def infer(request: web.Request) -> web.Response:
     body = await _read_body(request, limit * 4 // 3 + JSON_OVERHEAD)  # base64 in JSON is 4/3 the bytes
     parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
     if sum(len(image) for image in parsed.images) > limit:
-        raise PayloadTooLarge(f"The images together are larger than the limit of {limit / (1024 * 1024):g} MB.")
+        raise PayloadTooLarge(
+            f"The images together are larger than the limit of {limit / (1024 * 1024):g} MB."
+        )
     predictor = gateway.predictor
     # Every image is checked (type, size, pixels) before any job is sent.
     uploads = [predictor.image_upload(image) for image in parsed.images]
@@ -267,7 +271,9 @@ def _object(value: Any, what: str) -> dict[str, Any]:
 
 def _parse_inputs(inputs: Any, binary: bytes) -> list[bytes]:
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise BadRequest(f"Send exactly one input, '{INPUT_NAME}' (BYTES, shape [N]: one encoded image each).")
+        raise BadRequest(
+            f"Send exactly one input, '{INPUT_NAME}' (BYTES, shape [N]: one encoded image each)."
+        )
     tensor = inputs[0]
     if tensor.get("name") != INPUT_NAME:
         raise BadRequest(f"Unknown input {tensor.get('name')!r}; the model's input is '{INPUT_NAME}'.")
@@ -294,7 +300,9 @@ def _parse_inputs(inputs: Any, binary: bytes) -> list[bytes]:
         images = _split_bytes_tensor(binary)
     else:
         if binary:
-            raise BadRequest("The body has binary data after the JSON but no input declares binary_data_size.")
+            raise BadRequest(
+                "The body has binary data after the JSON but no input declares binary_data_size."
+            )
         images = [_base64_image(element) for element in _flatten(tensor.get("data"))]
     if len(images) != count:
         raise BadRequest(f"Input '{INPUT_NAME}' has {len(images)} elements but its shape says {count}.")
@@ -355,14 +363,14 @@ def _parse_outputs(outputs: Any, binary_default: bool) -> RequestedOutput:
     return RequestedOutput(binary=binary, classification=k)
 
 
-def infer_response(model: ModelInfo, parsed: InferRequest, results: Sequence[PredictionResult]) -> web.Response:
+def infer_response(
+    model: ModelInfo, parsed: InferRequest, results: Sequence[PredictionResult]
+) -> web.Response:
     """The inference response: JSON, or JSON then the output's bytes when binary data was asked for."""
     count = len(results)
     if parsed.output.classification:
         k = parsed.output.classification
-        strings = [
-            f"{p.score:f}:{p.index}:{p.label}" for result in results for p in result.reply.top[:k]
-        ]
+        strings = [f"{p.score:f}:{p.index}:{p.label}" for result in results for p in result.reply.top[:k]]
         if any(len(result.reply.top) < k for result in results):
             raise BadGateway("The classifier answered with fewer classes than asked for.")
         tensor: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": "BYTES", "shape": [count, k]}
@@ -409,4 +417,3 @@ def _floats(float32_le: bytes) -> list[float]:
     if sys.byteorder == "big":  # the wire form is little-endian
         values.byteswap()
     return values.tolist()
-

@@ -318,47 +318,77 @@ def _our_paths() -> dict[str, Any]:
     page = {HTML: {"schema": {"type": "string"}}}
     return {
         "/": {
-            "get": {"operationId": "page", "summary": "The upload page.", "responses": {
-                "200": {"description": "The page.", "content": page}}},
+            "get": {
+                "operationId": "page",
+                "summary": "The upload page.",
+                "responses": {"200": {"description": "The page.", "content": page}},
+            },
             "post": {
                 "operationId": "uploadPage",
                 "summary": "Classify the form's upload; the page shows the top-5.",
-                "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": upload_form}}},
-                "responses": {"200": {"description": "The page with the result.", "content": page},
-                              **_page_errors(*_PREDICTION_ERRORS)},
+                "requestBody": {
+                    "required": True,
+                    "content": {"multipart/form-data": {"schema": upload_form}},
+                },
+                "responses": {
+                    "200": {"description": "The page with the result.", "content": page},
+                    **_page_errors(*_PREDICTION_ERRORS),
+                },
             },
         },
         "/predict": {
             "post": {
                 "operationId": "predict",
                 "summary": "Classify one image (multipart field 'file', or the raw image as the body).",
-                "parameters": [{
-                    "name": "top_k", "in": "query", "required": False,
-                    "schema": {"type": "integer", "minimum": MIN_TOP_K, "maximum": MAX_TOP_K},
-                }],
-                "requestBody": {"required": True, "content": {
-                    "multipart/form-data": {"schema": upload_form},
-                    "image/jpeg": {"schema": {"type": "string", "contentMediaType": "image/jpeg"}},
-                    "application/octet-stream": {"schema": {
-                        "type": "string", "contentMediaType": "application/octet-stream"}},
-                }},
-                "responses": {"200": {"description": "The prediction.", "content": _json(_ref("Prediction"))},
-                              **_api_errors(*_PREDICTION_ERRORS)},
+                "parameters": [
+                    {
+                        "name": "top_k",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": MIN_TOP_K, "maximum": MAX_TOP_K},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {"schema": upload_form},
+                        "image/jpeg": {"schema": {"type": "string", "contentMediaType": "image/jpeg"}},
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+                        },
+                    },
+                },
+                "responses": {
+                    "200": {"description": "The prediction.", "content": _json(_ref("Prediction"))},
+                    **_api_errors(*_PREDICTION_ERRORS),
+                },
             },
         },
         "/feedback": {
             "post": {
                 "operationId": "feedback",
                 "summary": "Report on a prediction; one row in FEEDBACK_CSV. A form gets the page back.",
-                "requestBody": {"required": True, "content": {
-                    JSON: {"schema": _ref("Feedback")},
-                    "application/x-www-form-urlencoded": {"schema": _ref("Feedback")},
-                }},
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON: {"schema": _ref("Feedback")},
+                        "application/x-www-form-urlencoded": {"schema": _ref("Feedback")},
+                    },
+                },
                 "responses": {
-                    "200": {"description": "Recorded.", "content": {
-                        JSON: {"schema": {"type": "object", "required": ["success"],
-                                          "properties": {"success": {"const": True}}}},
-                        **page}},
+                    "200": {
+                        "description": "Recorded.",
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["success"],
+                                    "properties": {"success": {"const": True}},
+                                }
+                            },
+                            **page,
+                        },
+                    },
                     **_errors((400, 404, 413, 415), {**_json(_ref("Error")), **page}),
                 },
             },
@@ -367,45 +397,105 @@ def _our_paths() -> dict[str, Any]:
             "get": {
                 "operationId": "uploadedImage",
                 "summary": "A stored upload, with its real content type.",
-                "parameters": [{"name": "image_id", "in": "path", "required": True, "schema": {
-                    "type": "string", "description": "<sha256>.<ext>, as /predict returned it."}}],
+                "parameters": [
+                    {
+                        "name": "image_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {
+                            "type": "string",
+                            "description": "<sha256>.<ext>, as /predict returned it.",
+                        },
+                    }
+                ],
                 "responses": {
-                    "200": {"description": "The image.", "content": {
-                        f"image/{kind}": {"schema": {"type": "string"}}
-                        for kind in ("jpeg", "png", "gif", "webp", "bmp", "tiff")}},
+                    "200": {
+                        "description": "The image.",
+                        "content": {
+                            f"image/{kind}": {"schema": {"type": "string"}}
+                            for kind in ("jpeg", "png", "gif", "webp", "bmp", "tiff")
+                        },
+                    },
                     **_api_errors(404),
                 },
             },
         },
-        "/health/live": {"get": {"operationId": "live", "summary": "Liveness.", "responses": {
-            "200": {"description": "The event loop answers.", "content": _json({
-                "type": "object", "required": ["status"], "properties": {"status": {"const": "alive"}}})}}}},
-        "/health/ready": {"get": {
-            "operationId": "ready",
-            "summary": "Readiness: broker connected and the queue has a consumer (Redis reported).",
-            "responses": {
-                "200": {"description": "Ready.", "content": _json(_ref("Readiness"))},
-                "503": {"description": "Not ready; the body says why.", "content": _json(_ref("Readiness"))},
-            }}},
-        "/metrics": {"get": {"operationId": "metrics", "summary": "Prometheus metrics.", "responses": {
-            "200": {"description": "Prometheus text format.", "content": {
-                "text/plain": {"schema": {"type": "string"}}}}}}},
-        "/static/{filename}": {"get": {
-            "operationId": "static",
-            "summary": "The page's CSS and icon.",
-            "parameters": [{"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {
-                "200": {"description": "The file.", "content": {
-                    "text/css": {"schema": {"type": "string"}},
-                    "image/svg+xml": {"schema": {"type": "string"}}}},
-                "403": {"description": "Forbidden path.", "content": _json(_ref("Error"))},
-                "404": {
-                    "description": "No such file (aiohttp's static handler answers it itself, with no body).",
-                    "content": {**_json(_ref("Error")), "application/octet-stream": {"schema": {"type": "string"}}},
+        "/health/live": {
+            "get": {
+                "operationId": "live",
+                "summary": "Liveness.",
+                "responses": {
+                    "200": {
+                        "description": "The event loop answers.",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["status"],
+                                "properties": {"status": {"const": "alive"}},
+                            }
+                        ),
+                    }
                 },
-            }}},
-        "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document.", "responses": {
-            "200": {"description": "OpenAPI 3.1.", "content": _json({"type": "object"})}}}},
+            }
+        },
+        "/health/ready": {
+            "get": {
+                "operationId": "ready",
+                "summary": "Readiness: broker connected and the queue has a consumer (Redis reported).",
+                "responses": {
+                    "200": {"description": "Ready.", "content": _json(_ref("Readiness"))},
+                    "503": {
+                        "description": "Not ready; the body says why.",
+                        "content": _json(_ref("Readiness")),
+                    },
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics.",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/static/{filename}": {
+            "get": {
+                "operationId": "static",
+                "summary": "The page's CSS and icon.",
+                "parameters": [
+                    {"name": "filename", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The file.",
+                        "content": {
+                            "text/css": {"schema": {"type": "string"}},
+                            "image/svg+xml": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "403": {"description": "Forbidden path.", "content": _json(_ref("Error"))},
+                    "404": {
+                        "description": "No such file (aiohttp's static handler answers it itself, with no body).",
+                        "content": {
+                            **_json(_ref("Error")),
+                            "application/octet-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document.",
+                "responses": {"200": {"description": "OpenAPI 3.1.", "content": _json({"type": "object"})}},
+            }
+        },
     }
 
 
@@ -414,17 +504,28 @@ def _v2_paths() -> dict[str, Any]:
     infer = {
         "operationId": "modelInfer",
         "summary": "Classify N images (Open Inference Protocol); N jobs, answers in input order.",
-        "parameters": [{
-            "name": oip.HEADER_LENGTH, "in": "header", "required": False,
-            "description": "Binary-data extension: the length of the JSON at the start of the body.",
-            "schema": {"type": "integer", "minimum": 0},
-        }],
-        "requestBody": {"required": True, "content": {
-            JSON: {"schema": _ref("InferRequest")},
-            "application/octet-stream": {"schema": {
-                "type": "string", "contentMediaType": "application/octet-stream",
-                "description": "The JSON request, then the binary tensor data."}},
-        }},
+        "parameters": [
+            {
+                "name": oip.HEADER_LENGTH,
+                "in": "header",
+                "required": False,
+                "description": "Binary-data extension: the length of the JSON at the start of the body.",
+                "schema": {"type": "integer", "minimum": 0},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                JSON: {"schema": _ref("InferRequest")},
+                "application/octet-stream": {
+                    "schema": {
+                        "type": "string",
+                        "contentMediaType": "application/octet-stream",
+                        "description": "The JSON request, then the binary tensor data.",
+                    }
+                },
+            },
+        },
         "responses": {
             "200": {
                 "description": "The outputs. With binary data, the JSON is followed by the output's bytes "
@@ -439,47 +540,115 @@ def _v2_paths() -> dict[str, Any]:
         },
     }
     return {
-        "/v2": {"get": {"operationId": "serverMetadata", "summary": "Server metadata.", "responses": {
-            "200": {"description": "Name, version, protocol extensions.", "content": _json(_ref("ServerMetadata"))}}}},
-        "/v2/health/live": {"get": {"operationId": "serverLive", "summary": "Server liveness.", "responses": {
-            "200": {"description": "Live.", "content": _json({
-                "type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}})}}}},
-        "/v2/health/ready": {"get": {"operationId": "serverReady", "summary": "Server readiness.", "responses": {
-            **{str(status): {"description": "Ready." if status == 200 else "Not ready.", "content": _json({
-                "type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}})}
-               for status in (200, 503)}}}},
-        "/v2/repository/index": {"post": {
-            "operationId": "repositoryIndex",
-            "summary": "Model repository extension: the served model (none before a worker announces it).",
-            "requestBody": {"required": False, "content": _json({
-                "type": "object", "properties": {"ready": {"type": "boolean"}}})},
-            "responses": {
-                "200": {"description": "The models.", "content": _json({"type": "array", "items": {
-                    "type": "object",
-                    "required": ["name", "version", "state"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "version": {"type": "string"},
-                        "state": {"enum": ["READY", "UNAVAILABLE"]},
-                        "reason": {"type": "string"},
+        "/v2": {
+            "get": {
+                "operationId": "serverMetadata",
+                "summary": "Server metadata.",
+                "responses": {
+                    "200": {
+                        "description": "Name, version, protocol extensions.",
+                        "content": _json(_ref("ServerMetadata")),
+                    }
+                },
+            }
+        },
+        "/v2/health/live": {
+            "get": {
+                "operationId": "serverLive",
+                "summary": "Server liveness.",
+                "responses": {
+                    "200": {
+                        "description": "Live.",
+                        "content": _json(
+                            {
+                                "type": "object",
+                                "required": ["live"],
+                                "properties": {"live": {"type": "boolean"}},
+                            }
+                        ),
+                    }
+                },
+            }
+        },
+        "/v2/health/ready": {
+            "get": {
+                "operationId": "serverReady",
+                "summary": "Server readiness.",
+                "responses": {
+                    **{
+                        str(status): {
+                            "description": "Ready." if status == 200 else "Not ready.",
+                            "content": _json(
+                                {
+                                    "type": "object",
+                                    "required": ["ready"],
+                                    "properties": {"ready": {"type": "boolean"}},
+                                }
+                            ),
+                        }
+                        for status in (200, 503)
+                    }
+                },
+            }
+        },
+        "/v2/repository/index": {
+            "post": {
+                "operationId": "repositoryIndex",
+                "summary": "Model repository extension: the served model (none before a worker announces it).",
+                "requestBody": {
+                    "required": False,
+                    "content": _json({"type": "object", "properties": {"ready": {"type": "boolean"}}}),
+                },
+                "responses": {
+                    "200": {
+                        "description": "The models.",
+                        "content": _json(
+                            {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["name", "version", "state"],
+                                    "properties": {
+                                        "name": {"type": "string"},
+                                        "version": {"type": "string"},
+                                        "state": {"enum": ["READY", "UNAVAILABLE"]},
+                                        "reason": {"type": "string"},
+                                    },
+                                },
+                            }
+                        ),
                     },
-                }})},
-                **_protocol_errors(400, 413),
-            }}},
-        **_v2_model_paths("", {
-            "operationId": "modelMetadata",
-            "summary": "The served model's metadata; 404 for another name or version.",
-            "responses": {"200": {"description": "Metadata.", "content": _json(_ref("ModelMetadata"))},
-                          **_protocol_errors(404, 503)},
-        }),
-        **_v2_model_paths("/ready", {
-            "operationId": "modelReady",
-            "summary": "Whether the model can infer now (a worker consumes).",
-            "responses": {"200": {"description": "Ready.", "content": _json(_ref("ModelReady"))},
-                          **_protocol_errors(404), "503": {**not_ready, "content": {
-                              JSON: {"schema": {"anyOf": [_ref("ModelReady"), _ref("ProtocolError")]}}},
-                              "headers": _RETRY_AFTER}},
-        }),
+                    **_protocol_errors(400, 413),
+                },
+            }
+        },
+        **_v2_model_paths(
+            "",
+            {
+                "operationId": "modelMetadata",
+                "summary": "The served model's metadata; 404 for another name or version.",
+                "responses": {
+                    "200": {"description": "Metadata.", "content": _json(_ref("ModelMetadata"))},
+                    **_protocol_errors(404, 503),
+                },
+            },
+        ),
+        **_v2_model_paths(
+            "/ready",
+            {
+                "operationId": "modelReady",
+                "summary": "Whether the model can infer now (a worker consumes).",
+                "responses": {
+                    "200": {"description": "Ready.", "content": _json(_ref("ModelReady"))},
+                    **_protocol_errors(404),
+                    "503": {
+                        **not_ready,
+                        "content": {JSON: {"schema": {"anyOf": [_ref("ModelReady"), _ref("ProtocolError")]}}},
+                        "headers": _RETRY_AFTER,
+                    },
+                },
+            },
+        ),
         **_v2_model_paths("/infer", infer, method="post"),
     }
 

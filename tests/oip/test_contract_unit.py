@@ -25,7 +25,11 @@ MODEL = ModelInfo(name="m", version="0123456789ab")
 
 def _reply(probabilities: str | None = None) -> SuccessReply:
     return SuccessReply(
-        sha256=SHA, model=MODEL, top=[Prediction("cup", 968, 0.5)], inference_ms=1.0, batch_size=1,
+        sha256=SHA,
+        model=MODEL,
+        top=[Prediction("cup", 968, 0.5)],
+        inference_ms=1.0,
+        batch_size=1,
         probabilities=probabilities,
     )
 
@@ -77,7 +81,12 @@ def test_the_gateway_with_the_protocol_imports_nothing_heavy() -> None:
         "{'numpy', 'PIL', 'onnxruntime', 'torch', 'tensorflow'}))\n"
     )
     run = subprocess.run(
-        [sys.executable, "-c", code], env=service_env({}), cwd=REPO_ROOT, capture_output=True, text=True,
-        check=True, timeout=60,
+        [sys.executable, "-c", code],
+        env=service_env({}),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     assert run.stdout.strip() == "[]", run.stdout

@@ -80,22 +80,41 @@ def test_schemathesis_finds_no_fault(oip_stack: Stack, model_version: str, tmp_p
     report = tmp_path / "report.json"
     run = subprocess.run(
         [
-            sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            str(config),
+            "run",
             f"{oip_stack.base_url}/openapi.json",
-            "--checks", ",".join(CHECKS),
-            "--max-examples", str(MAX_EXAMPLES),
-            "--seed", str(SEED),
-            "--workers", "1",
-            "--request-timeout", "20",
-            "--report", "json", "--report-json-path", str(report),
+            "--checks",
+            ",".join(CHECKS),
+            "--max-examples",
+            str(MAX_EXAMPLES),
+            "--seed",
+            str(SEED),
+            "--workers",
+            "1",
+            "--request-timeout",
+            "20",
+            "--report",
+            "json",
+            "--report-json-path",
+            str(report),
         ],
-        check=False, capture_output=True, text=True, timeout=180, cwd=tmp_path,  # its cache stays out of the repo
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,  # its cache stays out of the repo
     )
     assert report.exists(), run.stdout[-4000:] + run.stderr[-4000:]
     summary = json.loads(report.read_text())
     cases = summary["test_cases"]
-    print(f"schemathesis: {summary['operations']['tested']} operations, {cases['generated']} cases generated, "
-          f"{cases['with_failures']} with failures, {cases['errored']} errored")
+    print(
+        f"schemathesis: {summary['operations']['tested']} operations, {cases['generated']} cases generated, "
+        f"{cases['with_failures']} with failures, {cases['errored']} errored"
+    )
     assert run.returncode == 0, run.stdout[-6000:]
     assert summary["failures"] == [] and summary["errors"] == []
     # Every operation but GET /openapi.json, which schemathesis leaves out (it is the schema it loaded).

@@ -37,7 +37,9 @@ def image_input(images: list[bytes], *, binary: bool) -> httpclient.InferInput:
     return tensor
 
 
-def classify(client: httpclient.InferenceServerClient, images: list[bytes], k: int, *, binary: bool) -> list[list]:
+def classify(
+    client: httpclient.InferenceServerClient, images: list[bytes], k: int, *, binary: bool
+) -> list[list]:
     """Triton's classification extension: per image, k (score, index, label), best first."""
     output = httpclient.InferRequestedOutput("probabilities", binary_data=binary, class_count=k)
     result = client.infer(MODEL_NAME, [image_input(images, binary=binary)], outputs=[output])
@@ -56,7 +58,9 @@ def classify(client: httpclient.InferenceServerClient, images: list[bytes], k: i
     return parsed
 
 
-def probabilities(client: httpclient.InferenceServerClient, images: list[bytes], *, binary: bool) -> np.ndarray:
+def probabilities(
+    client: httpclient.InferenceServerClient, images: list[bytes], *, binary: bool
+) -> np.ndarray:
     output = httpclient.InferRequestedOutput("probabilities", binary_data=binary)
     rows = client.infer(MODEL_NAME, [image_input(images, binary=binary)], outputs=[output]).as_numpy(
         "probabilities"
@@ -136,7 +140,10 @@ def test_batch_of_8_comes_back_in_order(
 
 
 def test_probabilities_are_cached_under_their_own_key(
-    oip_stack: Stack, triton: httpclient.InferenceServerClient, photos: dict[str, Path], model_version: str,
+    oip_stack: Stack,
+    triton: httpclient.InferenceServerClient,
+    photos: dict[str, Path],
+    model_version: str,
     redis_url: str,
 ) -> None:
     """A top-5 answer (from /predict) is never served as a full vector, and the full one is cached apart."""
@@ -165,7 +172,8 @@ def test_probabilities_are_cached_under_their_own_key(
 def _post_infer(stack: Stack, body: dict | bytes, headers: dict[str, str] | None = None) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     request = urllib.request.Request(
-        f"{stack.base_url}/v2/models/{MODEL_NAME}/infer", data=data,
+        f"{stack.base_url}/v2/models/{MODEL_NAME}/infer",
+        data=data,
         headers={"Content-Type": "application/json", **(headers or {})},
     )
     try:
@@ -188,25 +196,47 @@ def test_errors_use_the_protocol_body_and_our_statuses(oip_stack: Stack, photos:
         (_image_request([coffee] * 12), 413),  # 12 x 105 kB: over the stack's 1 MB upload limit
         (_image_request([base64.b64encode(b"plain text, no image").decode()]), 415),
         (_image_request([base64.b64encode(b"\xff\xd8\xff\xe0" + b"\0" * 64).decode()]), 422),
-        ({**_image_request([coffee]), "outputs": [{"name": "probabilities", "parameters": {"classification": 6}}]},
-         400),
+        (
+            {
+                **_image_request([coffee]),
+                "outputs": [{"name": "probabilities", "parameters": {"classification": 6}}],
+            },
+            400,
+        ),
         (b"{not json", 400),
     ]
     for body, status in cases:
         got, payload = _post_infer(oip_stack, body)
-        assert (got, list(payload)) == (status, ["error"]), (body if isinstance(body, bytes) else status, payload)
+        assert (got, list(payload)) == (status, ["error"]), (
+            body if isinstance(body, bytes) else status,
+            payload,
+        )
         assert payload["error"]
-    got, payload = _post_infer(oip_stack, b'{"inputs": []}', headers={"Inference-Header-Content-Length": "999"})
+    got, payload = _post_infer(
+        oip_stack, b'{"inputs": []}', headers={"Inference-Header-Content-Length": "999"}
+    )
     assert got == 400 and "Inference-Header-Content-Length" in payload["error"]
 
 
-def _binary_request(elements: list[bytes], *, declared_size: int | None = None) -> tuple[bytes, dict[str, str]]:
+def _binary_request(
+    elements: list[bytes], *, declared_size: int | None = None
+) -> tuple[bytes, dict[str, str]]:
     """The binary-data extension as tritonclient sends it: JSON, then the BYTES tensor."""
     tensor = b"".join(struct.pack("<I", len(e)) + e for e in elements)
-    header = json.dumps({"inputs": [{
-        "name": "image", "datatype": "BYTES", "shape": [len(elements)],
-        "parameters": {"binary_data_size": len(tensor) if declared_size is None else declared_size},
-    }]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [len(elements)],
+                    "parameters": {
+                        "binary_data_size": len(tensor) if declared_size is None else declared_size
+                    },
+                }
+            ]
+        }
+    ).encode()
     return header + tensor, {"Inference-Header-Content-Length": str(len(header))}
 
 
@@ -222,10 +252,17 @@ def test_binary_requests_are_bounded_and_checked(oip_stack: Stack, photos: dict[
     status, payload = _post_infer(oip_stack, truncated, headers)
     assert status == 400 and "binary_data_size" in payload["error"]
     # A length prefix that promises more than the tensor holds.
-    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
-                                     "parameters": {"binary_data_size": 7}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 7}}
+            ]
+        }
+    ).encode()
     status, payload = _post_infer(
-        oip_stack, header + struct.pack("<I", 1000) + b"abc", {"Inference-Header-Content-Length": str(len(header))}
+        oip_stack,
+        header + struct.pack("<I", 1000) + b"abc",
+        {"Inference-Header-Content-Length": str(len(header))},
     )
     assert status == 400 and "longer than the data left" in payload["error"]
     status, payload = _post_infer(oip_stack, body, headers)  # the same request whole: fine
