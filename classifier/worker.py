@@ -56,6 +56,7 @@ from common.contract import (
     Reply,
     SuccessReply,
     cache_key,
+    encode_probabilities,
 )
 from common.settings import Settings
 from common.topology import declare_request_queue
@@ -96,9 +97,10 @@ class Settlement:
     message: AbstractIncomingMessage
     reply: Reply
     outcome: Outcome
-    # (key, value) to write to Redis; successes only (failures are never cached). The value
-    # always holds the full top-MAX_TOP_K, whatever this job's top_k: the key has no top_k.
-    cache_entry: tuple[str, bytes] | None = None
+    # (key, value) pairs to write to Redis; successes only (failures are never cached). The
+    # top-k entry always holds the full top-MAX_TOP_K, whatever this job's top_k: the key has
+    # no top_k. A job that asked for the probabilities also caches them, under their own key.
+    cache_entries: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def acknowledge(self) -> bool:
@@ -391,8 +393,15 @@ class Worker:
             )
             # The requester gets its top_k; the cache gets all MAX_TOP_K for whoever asks next.
             reply = replace(full, top=full.top[: job.headers.top_k])
-            entry = (cache_key(self.model.version, job.headers.sha256), full.to_json())
-            settlements.append(Settlement(job.message, reply, Outcome.OK, entry))
+            entries = [(cache_key(self.model.version, job.headers.sha256), full.to_json())]
+            if job.headers.probabilities:
+                vector = encode_probabilities(row.astype("<f4", copy=False).tobytes())
+                reply = replace(reply, probabilities=vector)
+                entries.append((
+                    cache_key(self.model.version, job.headers.sha256, probabilities=True),
+                    replace(full, probabilities=vector).to_json(),
+                ))
+            settlements.append(Settlement(job.message, reply, Outcome.OK, tuple(entries)))
         return settlements
 
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -416,7 +425,7 @@ class Worker:
         published = await asyncio.gather(*(self._publish(s) for s in settlements))
         # Cached even when the reply could not be published: the work is done, and the
         # gateway's retry (or another request for the same image) will find it.
-        await self.cache.store([s.cache_entry for s in settlements if s.cache_entry])
+        await self.cache.store([entry for s in settlements for entry in s.cache_entries])
         for settlement, ok in zip(settlements, published, strict=True):
             metrics.JOBS.labels(outcome=settlement.outcome.value).inc()
             try:

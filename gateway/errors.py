@@ -112,8 +112,20 @@ def error_body(message: str) -> dict[str, Any]:
 
 
 HtmlPredicate = Callable[[web.Request], bool]
+ErrorBody = Callable[[str], dict[str, Any]]
 _H = TypeVar("_H", bound=Callable[..., Any])
 _HTML_ERRORS_ATTR = "__gateway_html_errors__"
+_ERROR_BODY_ATTR = "__gateway_error_body__"
+
+
+def error_body_shape(shape: ErrorBody) -> Callable[[_H], _H]:
+    """Mark a handler whose JSON errors take another shape (a protocol's own, e.g. ``{"error"}``)."""
+
+    def mark(handler: _H) -> _H:
+        setattr(handler, _ERROR_BODY_ATTR, shape)
+        return handler
+
+    return mark
 
 
 def html_errors(predicate: HtmlPredicate = lambda request: True) -> Callable[[_H], _H]:
@@ -138,4 +150,7 @@ def error_response(request: web.Request, status: int, message: str, headers: dic
     """The response for a failed request: the page with the message, or the JSON error body."""
     if wants_html(request):
         return render_page(request, {"error": message}, status=status, headers=headers)
-    return web.json_response(error_body(message), status=status, headers=headers)
+    match_info = request.match_info
+    handler = getattr(match_info, "handler", None) if match_info is not None else None
+    shape: ErrorBody = getattr(handler, _ERROR_BODY_ATTR, error_body)
+    return web.json_response(shape(message), status=status, headers=headers)

@@ -244,6 +244,21 @@ async def read_upload(
     return Upload(data=data, sha256=hashlib.sha256(data).hexdigest(), kind=kind)
 
 
+async def read_body(
+    request: web.Request, limits: ReadLimits, allowance: int, hold: Callable[[int], None] = _no_hold
+) -> bytes:
+    """A raw request body (not an upload form) under an upload's rules: every byte counted
+    against ``allowance`` (413), the upload deadline and pace (408), no compressed body (415)."""
+    refuse_content_encoding(request)
+    if request.content_length is not None and request.content_length > allowance:
+        raise _too_large(limits.max_bytes)
+    body = _MeteredBody(request.content, allowance, limits, hold)
+    try:
+        return await _read_all(body)
+    except (ClientPayloadError, HttpProcessingError, asyncio.IncompleteReadError) as exc:
+        raise BadRequest(f"The request body was cut short or malformed ({exc.__class__.__name__}).") from exc
+
+
 def refuse_content_encoding(request: web.Request) -> None:
     """415 for a compressed request body: the gateway does not inflate (``auto_decompress`` is off).
 

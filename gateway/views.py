@@ -75,7 +75,10 @@ async def _feedback_data(request: web.Request) -> Mapping[str, Any]:
         raise PayloadTooLarge("The feedback is too large.")
     refuse_content_encoding(request)
     if _is_form(request):
-        return await request.post()
+        try:
+            return await request.post()
+        except ValueError as exc:  # e.g. multipart without a boundary: the client's fault, not ours
+            raise BadRequest(f"The form body is malformed: {exc}") from None
     if request.content_type == "application/json":
         try:
             data = json.loads(await request.text())
