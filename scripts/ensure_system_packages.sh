@@ -2,12 +2,14 @@
 # Debian packages the test suite drives for real:
 #   chromium        the browser tests (through Playwright; never `playwright install`)
 #   docker-compose  validates docker-compose.yml offline (`docker-compose config -q`)
+#   kubectl         renders deploy/k8s offline (`kubectl kustomize`); Debian's kubernetes-client
 set -euo pipefail
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "[packages] chromium and docker-compose present"
+  echo "[packages] chromium, docker-compose and kubectl present"
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
