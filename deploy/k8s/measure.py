@@ -33,6 +33,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Self
 
 import aiohttp
 import psutil
@@ -86,7 +87,7 @@ class Sampler:
         times = self.process.cpu_times()
         return times.user + times.system
 
-    def __enter__(self) -> Sampler:
+    def __enter__(self) -> Self:
         self._cpu0, self._t0 = self.cpu_seconds(), time.monotonic()
         self._thread.start()
         return self
