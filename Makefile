@@ -36,9 +36,14 @@ services:
 system-packages:
 	scripts/ensure_system_packages.sh
 
-# The offline model the tests serve (EfficientNet-Lite0, fp32 and int8).
+# The offline model the tests serve (EfficientNet-Lite0, fp32 and int8). The run's output is kept
+# beside them: the converter tests read it instead of converting the same model a second time.
 models: setup-dev
-	@test -f models/efficientnet-lite0-int8.onnx || $(PY) -m converter efficientnet-lite0 --int8
+	@test -f models/efficientnet-lite0-int8.onnx -a -f models/efficientnet-lite0.convert.log || { \
+	  mkdir -p models && \
+	  $(PY) -m converter efficientnet-lite0 --int8 --out-dir models > models/.convert.log.tmp && \
+	  mv models/.convert.log.tmp models/efficientnet-lite0.convert.log && \
+	  cat models/efficientnet-lite0.convert.log; }
 
 # A local three-node RabbitMQ cluster beside the machine's own node (README, "RabbitMQ cluster");
 # it prints the RABBITMQ_URL that lists its nodes.
@@ -48,9 +53,15 @@ cluster:
 cluster-stop:
 	python3 scripts/rabbitmq_cluster.py stop
 
+# Static checks (configured in pyproject.toml): ruff lint and format check over the whole tree,
+# mypy strict on the services and common/, the Dockerfiles, the compose file.
 lint: setup-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/hadolint */Dockerfile
-	docker-compose -f docker-compose.yml config -q
+	# The passwords compose requires, as placeholders: only the file's shape is checked here.
+	RABBITMQ_PASSWORD=x REDIS_WORKER_PASSWORD=x REDIS_GATEWAY_PASSWORD=x docker-compose -f docker-compose.yml config -q
 
 clean:
 	rm -rf $(VENV) models uploads feedback .pytest_cache

@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from classifier import metrics
 from classifier.cache import ResultCache
 from classifier.config import parse_args
-from classifier.model import Model, ModelError
+from classifier.model import Model, ModelError, int8_cpu_problem
 from classifier.worker import Worker
+from common.cpu import this_cpu
 from common.settings import Settings
 
 log = logging.getLogger("classifier")
@@ -41,6 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         model.info.name, model.version, *model.input_size, model.metadata.resize,
         len(model.metadata.labels), settings.model_path,
     )
+    problem = int8_cpu_problem(model.metadata, this_cpu())
+    if problem and settings.int8_on_saturating_cpu != "warn":
+        log.error("refusing to serve: %s (INT8_ON_SATURATING_CPU=warn serves it anyway)", problem)
+        return 2
+    if problem:
+        log.warning("SERVING A FILE THAT LOSES ACCURACY ON THIS CPU: %s", problem)
     model.warm_up(settings.max_batch)
     if settings.prefetch < settings.max_batch:
         log.warning(

@@ -1,6 +1,6 @@
 """Redis: the result cache and the model announcement, both best-effort.
 
-DESIGN.md: "Redis being down degrades (no cache), it does not fail predictions."
+docs/DESIGN.md: "Redis being down degrades (no cache), it does not fail predictions."
 So nothing here raises for Redis trouble. Short socket timeouts bound what a
 dead Redis costs a job; after a failure, writes are skipped for a few seconds
 (a small circuit breaker) so a partitioned Redis does not add a timeout to

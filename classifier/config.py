@@ -59,5 +59,7 @@ def _validate(parser: argparse.ArgumentParser, settings: Settings) -> None:
         problems.append(str(exc))
     if settings.max_pixels < 1:
         problems.append(f"MAX_PIXELS must be >= 1, got {settings.max_pixels}")
+    if settings.int8_on_saturating_cpu not in ("refuse", "warn"):
+        problems.append(f"INT8_ON_SATURATING_CPU must be refuse or warn, got {settings.int8_on_saturating_cpu!r}")
     if problems:
         parser.error("; ".join(problems))

@@ -1,6 +1,6 @@
 """Prometheus metrics of the worker, served by prometheus_client's own small HTTP server.
 
-The worker has no web framework (DESIGN.md: no aiohttp web server in the
+The worker has no web framework (docs/DESIGN.md: no aiohttp web server in the
 classifier); ``start_http_server`` runs in a daemon thread.
 """
 

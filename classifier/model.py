@@ -14,13 +14,14 @@ import numpy as np
 import onnxruntime as ort
 
 from common.contract import ModelInfo, Prediction
-from common.model_file import INPUT_NAME, OUTPUT_NAME, ModelMetadata, model_version
+from common.cpu import CpuInt8
+from common.model_file import INPUT_NAME, INT8_SCHEMES, OUTPUT_NAME, ModelMetadata, model_version
 
 log = logging.getLogger(__name__)
 
 
 class ModelError(RuntimeError):
-    """The model file is missing, unreadable or does not follow DESIGN.md's contract."""
+    """The model file is missing, unreadable or does not follow docs/DESIGN.md's contract."""
 
 
 class Model:
@@ -65,7 +66,7 @@ class Model:
         return self.metadata.input_size
 
     def _check_signature(self) -> int | None:
-        """Fail at start-up, not on the first job, if the graph is not what DESIGN.md says.
+        """Fail at start-up, not on the first job, if the graph is not what docs/DESIGN.md says.
 
         Returns the batch size if the graph fixes it (then predict() runs in chunks).
         """
@@ -116,3 +117,24 @@ class Model:
         indices = indices[np.argsort(probabilities[indices])[::-1]]
         labels = self.metadata.labels
         return [Prediction(label=labels[i], index=int(i), score=float(probabilities[i])) for i in indices]
+
+
+def int8_cpu_problem(metadata: ModelMetadata, cpu: CpuInt8) -> str | None:
+    """Why this model file would give wrong answers on this CPU, or None when it is safe.
+
+    An int8 file quantised with a scheme that saturates without VNNI (common.model_file
+    .INT8_SCHEMES) loses accuracy silently on such a CPU: the converter's accuracy checks
+    ran on other arithmetic. Float files and saturation-free schemes are safe everywhere.
+    """
+    if metadata.int8_scheme is None or not cpu.u8s8_saturates:
+        return None
+    scheme = INT8_SCHEMES.get(metadata.int8_scheme)
+    if scheme is not None and not scheme.saturates_without_vnni:
+        return None
+    what = "an unknown int8 scheme" if scheme is None else "saturates without VNNI"
+    return (
+        f"model {metadata.name!r} is int8 scheme {metadata.int8_scheme!r} ({what}), and this CPU, "
+        f"{cpu.describe()}, has no VNNI: onnxruntime's uint8 x int8 products saturate here and its "
+        "answers differ from those the converter checked. Serve the fp32 file, or re-quantise with "
+        "`python -m converter quantize FILE --scheme u8s8-mixed` (exact on every x86 CPU)"
+    )

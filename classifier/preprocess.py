@@ -1,7 +1,8 @@
 """Image bytes -> the model's input: uint8 H x W x 3 RGB, resized per the model's policy.
 
-The model graph does its own normalisation (DESIGN.md, "The model file"), so the
-worker only decodes, orients, converts to RGB and resizes. Everything here runs
+The model graph does its own normalisation (docs/DESIGN.md, "The model file"), so the
+worker only decodes, resizes, orients and converts to RGB, in that order: after the
+decode every copy is model-sized (README, "Decode cost"). Everything here runs
 in a worker thread: Pillow releases the GIL while it decodes and resamples.
 
 Untrusted input is handled defensively:
@@ -22,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from common.model_file import ResizePolicy
 
@@ -47,6 +48,18 @@ _EXIF_ORIENTATION = 0x0112
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Modes resized as decoded (RGBA and LA premultiplied by Pillow), then converted.
+_RESAMPLED_AS_IS = frozenset({"RGB", "RGBA", "L", "LA", "I", "F", "CMYK", "YCbCr", "LAB"}) | _SIXTEEN_BIT_MODES
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose).
+_ORIENT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _WHITE = (255, 255, 255, 255)
 
 
@@ -104,26 +117,37 @@ class Preprocessor:
                     f"{self.max_pixels:,} pixels"
                 )
             try:
-                rgb = self._decode_rgb(image)
+                rgb = self._decode_small_rgb(image)
             except ImageDecodeError:
                 raise
             except Exception as exc:  # noqa: BLE001 - as above, while decoding
                 raise ImageDecodeError(
                     f"the {image.format or 'image'} data is truncated or corrupt ({_describe(exc)})"
                 ) from None
-            # Inside the `with`: ``rgb`` may be ``image`` itself, which leaving the block closes.
-            return self._resize(rgb)
+            array = np.asarray(rgb, dtype=np.uint8)
+        height, width = self.input_size
+        if array.shape != (height, width, 3):  # cannot happen after _to_rgb; a loud guard
+            raise RuntimeError(f"preprocess produced shape {array.shape}")
+        return np.ascontiguousarray(array)
 
-    def _decode_rgb(self, image: Image.Image) -> Image.Image:
-        """Decode (reduced when JPEG allows), apply EXIF orientation, convert to RGB."""
+    def _decode_small_rgb(self, image: Image.Image) -> Image.Image:
+        """Decode (reduced when JPEG allows), resize to the model's input in the decoded mode,
+        then orient and convert to RGB: every copy after the decode is model-sized.
+
+        Orienting and converting first, as a viewer would, costs full-size copies: a 40 M
+        pixel RGBA PNG of 150 KiB took +760 MiB that way (README, "Decode cost"). Resizing
+        commutes with both up to rounding (Pillow resizes RGBA premultiplied).
+        """
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        swap = orientation in _SWAPPING_ORIENTATIONS
         if image.format in ("JPEG", "MPO"):
-            orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-            need_w, need_h = self._needed_size(image.size, swap=orientation in _SWAPPING_ORIENTATIONS)
+            need_w, need_h = self._needed_size(image.size, swap=swap)
             image.draft("RGB", (math.ceil(need_w * DRAFT_MARGIN), math.ceil(need_h * DRAFT_MARGIN)))
         image.load()
-        # In place: exif_transpose would otherwise return a full-size copy of every upright image.
-        ImageOps.exif_transpose(image, in_place=True)
-        return _to_rgb(image)
+        small = self._resize(_resizable(image), swap=swap)
+        if orientation in _ORIENT:
+            small = small.transpose(_ORIENT[orientation])
+        return _to_rgb(small)
 
     def _needed_size(self, stored: tuple[int, int], *, swap: bool) -> tuple[float, float]:
         """The (w, h) the whole stored image must keep so the model input loses no detail."""
@@ -136,29 +160,59 @@ class Preprocessor:
         scale = _cover_scale((w0, h0), (width, height), self.policy.crop_ratio)
         return w0 * scale, h0 * scale
 
-    def _resize(self, image: Image.Image) -> np.ndarray:
+    def _resize(self, image: Image.Image, *, swap: bool) -> Image.Image:
+        """The model's input window of the stored image, at the model's size (sides swapped when
+        the EXIF orientation will swap them back)."""
         height, width = self.input_size
-        w0, h0 = image.size
-        if self.policy.mode == "stretch":
-            box = (0.0, 0.0, float(w0), float(h0))
-        else:
-            # Resize so that the image covers (W/ratio, H/ratio), keep the central W x H:
-            # the ImageNet evaluation recipe. One resize with a source box does the
-            # crop and the resampling in one pass, with no intermediate image.
-            scale = _cover_scale((w0, h0), (width, height), self.policy.crop_ratio)
-            box_w, box_h = width / scale, height / scale
-            left, top = (w0 - box_w) / 2, (h0 - box_h) / 2
-            box = (left, top, left + box_w, top + box_h)
-        resized = image.resize((width, height), Image.Resampling.BILINEAR, box=box)
-        array = np.asarray(resized, dtype=np.uint8)
-        if array.shape != (height, width, 3):  # cannot happen after _to_rgb; a loud guard
-            raise RuntimeError(f"preprocess produced shape {array.shape}")
-        return np.ascontiguousarray(array)
+        return resize_to_input(image, (width, height) if swap else (height, width), self.policy)
+
+
+def resize_to_input(image: Image.Image, input_size: tuple[int, int], policy: ResizePolicy) -> Image.Image:
+    """The resize policy, in one place: ``image`` cut and resized to ``input_size`` (H, W).
+
+    The worker calls it on every upload and the converter (through :func:`fit_to_input`)
+    on its parity, calibration and accuracy inputs, so int8 is calibrated and judged on
+    the pixels workers produce.
+    """
+    height, width = input_size
+    w0, h0 = image.size
+    if policy.mode == "stretch":
+        box = (0.0, 0.0, float(w0), float(h0))
+    else:
+        # Resize so that the image covers (W/ratio, H/ratio), keep the central W x H:
+        # the ImageNet evaluation recipe. One resize with a source box does the
+        # crop and the resampling in one pass, with no intermediate image. (The
+        # centre crop commutes with every EXIF orientation.)
+        scale = _cover_scale((w0, h0), (width, height), policy.crop_ratio)
+        box_w, box_h = width / scale, height / scale
+        left, top = (w0 - box_w) / 2, (h0 - box_h) / 2
+        box = (left, top, left + box_w, top + box_h)
+    return image.resize((width, height), Image.Resampling.BILINEAR, box=box)
+
+
+def fit_to_input(image: Image.Image, input_size: tuple[int, int], policy: ResizePolicy) -> np.ndarray:
+    """An RGB image -> the model's C-contiguous uint8 (H, W, 3) row, by :func:`resize_to_input`."""
+    return np.ascontiguousarray(np.asarray(resize_to_input(image, input_size, policy), dtype=np.uint8))
 
 
 def _cover_scale(size: tuple[int, int], target: tuple[int, int], ratio: float) -> float:
     """Scale factor making ``size`` (w, h) cover ``target`` (w, h) divided by ``ratio``."""
     return max(target[0] / (ratio * size[0]), target[1] / (ratio * size[1]))
+
+
+def _resizable(image: Image.Image) -> Image.Image:
+    """``image`` in a mode Pillow can resample bilinearly (palette and 1-bit ones it cannot)."""
+    mode = image.mode
+    if mode in _RESAMPLED_AS_IS and "transparency" not in image.info:
+        return image
+    if mode in _ALPHA_MODES or "transparency" in image.info:
+        return image.convert("RGBA")
+    if mode == "1":
+        return image.convert("L")
+    try:
+        return image.convert("RGB")  # P, HSV: full size, 3 bytes a pixel
+    except ValueError:
+        raise ImageDecodeError(f"unsupported colour mode {mode!r}") from None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

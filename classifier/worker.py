@@ -1,6 +1,6 @@
 """The worker: consume jobs, micro-batch them, infer, reply, cache, ack.
 
-The path of one job (DESIGN.md, "RabbitMQ"):
+The path of one job (docs/DESIGN.md, "RabbitMQ"):
 
 1. ``_on_message`` (event loop): check the headers; a malformed job is
    answered ``internal`` and dead-lettered, an expired one answered ``expired``
@@ -47,7 +47,7 @@ from classifier.cache import ANNOUNCE_EVERY_S, ResultCache
 from classifier.metrics import Outcome
 from classifier.model import Model
 from classifier.preprocess import ImageDecodeError, Preprocessor, configure_pillow
-from common.broker import backoff_delay, connect_until_up, redact
+from common.broker import backoff_delay, connect_until_up
 from common.contract import (
     MAX_TOP_K,
     ContractError,
@@ -57,6 +57,7 @@ from common.contract import (
     Reply,
     SuccessReply,
     cache_key,
+    encode_probabilities,
 )
 from common.settings import Settings
 from common.topology import declare_request_queue
@@ -70,7 +71,9 @@ log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT_S = 10.0
 # Deliveries already on the wire when the consumer is cancelled land within this.
 CANCEL_GRACE_S = 0.1
-DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Two at most: the worst decodes within MAX_PIXELS take ~400 MiB each (README, "Decode cost"),
+# and decoding overlaps inference with two as well as with four.
+DECODE_THREADS = max(1, min(2, os.cpu_count() or 1))
 # Set by quorum queues on a redelivery: how many times the job was delivered before (RabbitMQ's
 # header, not our contract's). On 3.10, delivery n carries n-1 (the first carries none).
 DELIVERY_COUNT_HEADER = "x-delivery-count"
@@ -93,9 +96,10 @@ class Settlement:
     message: AbstractIncomingMessage
     reply: Reply
     outcome: Outcome
-    # (key, value) to write to Redis; successes only (failures are never cached). The value
-    # always holds the full top-MAX_TOP_K, whatever this job's top_k: the key has no top_k.
-    cache_entry: tuple[str, bytes] | None = None
+    # (key, value) pairs to write to Redis; successes only (failures are never cached). The
+    # top-k entry always holds the full top-MAX_TOP_K, whatever this job's top_k: the key has
+    # no top_k. A job that asked for the probabilities also caches them, under their own key.
+    cache_entries: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def acknowledge(self) -> bool:
@@ -380,8 +384,15 @@ class Worker:
             )
             # The requester gets its top_k; the cache gets all MAX_TOP_K for whoever asks next.
             reply = replace(full, top=full.top[: job.headers.top_k])
-            entry = (cache_key(self.model.version, job.headers.sha256), full.to_json())
-            settlements.append(Settlement(job.message, reply, Outcome.OK, entry))
+            entries = [(cache_key(self.model.version, job.headers.sha256), full.to_json())]
+            if job.headers.probabilities:
+                vector = encode_probabilities(row.astype("<f4", copy=False).tobytes())
+                reply = replace(reply, probabilities=vector)
+                entries.append((
+                    cache_key(self.model.version, job.headers.sha256, probabilities=True),
+                    replace(full, probabilities=vector).to_json(),
+                ))
+            settlements.append(Settlement(job.message, reply, Outcome.OK, tuple(entries)))
         return settlements
 
     def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
@@ -405,7 +416,7 @@ class Worker:
         published = await asyncio.gather(*(self._publish(s) for s in settlements))
         # Cached even when the reply could not be published: the work is done, and the
         # gateway's retry (or another request for the same image) will find it.
-        await self.cache.store([s.cache_entry for s in settlements if s.cache_entry])
+        await self.cache.store([entry for s in settlements for entry in s.cache_entries])
         for settlement, ok in zip(settlements, published, strict=True):
             metrics.JOBS.labels(outcome=settlement.outcome.value).inc()
             try:
@@ -462,10 +473,11 @@ def _delivered_before(message: AbstractIncomingMessage) -> int:
         return 0
 
 
-def _log_reconnected(connection: AbstractRobustConnection, *_: object) -> None:
+def _log_reconnected(*args: object) -> None:
     # aio-pika re-opens the channel, re-applies the QoS, re-declares the queue and re-consumes
     # (on another node of the cluster if ours went away: common/broker.py).
-    log.info("reconnected to RabbitMQ at %s; consuming again", redact(connection.url))
+    # aio-pika passes the connection first; its str() is the node's address without the password.
+    log.info("reconnected to RabbitMQ at %s; consuming again", args[0] if args else "?")
 
 
 async def _nack_quietly(message: AbstractIncomingMessage) -> None:

@@ -3,11 +3,13 @@
 This module is the single owner of every name that crosses a process boundary:
 queue names, AMQP headers, the reply schema and the Redis cache key. Both sides
 import it; it imports only the standard library so that either side can.
-See ../shared/DESIGN.md for the prose version.
+See docs/DESIGN.md for the prose version.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import time
@@ -23,6 +25,9 @@ DEFAULT_QUEUE = "classify"
 HEADER_SHA256 = "sha256"
 HEADER_DEADLINE_MS = "deadline_ms"
 HEADER_TOP_K = "top_k"
+# Present and true: the reply also carries the whole probability vector (the Open Inference
+# Protocol's ``probabilities`` output). Absent means false, so older gateways are unaffected.
+HEADER_PROBABILITIES = "probabilities"
 
 MIN_TOP_K = 1
 MAX_TOP_K = 5
@@ -35,9 +40,35 @@ def dead_letter_queue(queue: str) -> str:
     return f"{queue}.dead"
 
 
-def cache_key(model_version: str, sha256: str) -> str:
-    """Redis key of a cached success reply: one model's answer for one image."""
-    return f"clf:{CONTRACT_VERSION}:{model_version}:{sha256}"
+def cache_key(model_version: str, sha256: str, *, probabilities: bool = False) -> str:
+    """Redis key of a cached success reply: one model's answer for one image.
+
+    An answer with the whole probability vector is cached under a key of its own
+    (suffix ``:p``): a top-k entry must never be served to a request that needs
+    every class, and the common top-k entry stays small.
+    """
+    key = f"clf:{CONTRACT_VERSION}:{model_version}:{sha256}"
+    return f"{key}:p" if probabilities else key
+
+
+def encode_probabilities(float32_le: bytes) -> str:
+    """The wire form of a probability vector: base64 of its little-endian float32 bytes.
+
+    Exact (no decimal round trip), a third of the size of a JSON list, and the gateway
+    turns it into the protocol's binary output without numpy.
+    """
+    return base64.b64encode(float32_le).decode("ascii")
+
+
+def decode_probabilities(text: str) -> bytes:
+    """Little-endian float32 bytes of a vector made by :func:`encode_probabilities`."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ContractError(f"probabilities are not base64: {exc}") from exc
+    if not raw or len(raw) % 4:
+        raise ContractError("probabilities are not a whole number of float32 values")
+    return raw
 
 
 def model_announcement_key(queue: str) -> str:
@@ -87,10 +118,19 @@ class SuccessReply:
     top: list[Prediction]
     inference_ms: float
     batch_size: int
+    # Every class's probability (see encode_probabilities), only when the job asked for it.
+    probabilities: str | None = None
     ok: bool = field(default=True, init=False)
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        data = asdict(self)
+        if self.probabilities is None:
+            del data["probabilities"]  # top-k replies and cache entries keep their old shape
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    def probability_bytes(self) -> bytes | None:
+        """The probability vector as little-endian float32 bytes, or None when not asked for."""
+        return None if self.probabilities is None else decode_probabilities(self.probabilities)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +178,21 @@ def parse_reply(body: bytes) -> Reply:
                 top=[Prediction(**p) for p in data["top"]],
                 inference_ms=float(data["inference_ms"]),
                 batch_size=int(data["batch_size"]),
+                probabilities=_optional_probabilities(data.get("probabilities")),
             )
         error = data["error"]
         return FailureReply(code=ErrorCode(error["code"]), message=str(error["message"]))
     except (ValueError, KeyError, TypeError) as exc:
         raise ContractError(f"malformed reply: {exc}") from exc
+
+
+def _optional_probabilities(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ContractError("probabilities must be a base64 string")
+    decode_probabilities(value)  # validated here, so a reader never meets a broken vector
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +202,15 @@ class JobHeaders:
     sha256: str
     deadline_ms: int
     top_k: int
+    probabilities: bool = False
 
     def to_amqp(self) -> dict[str, Any]:
-        return {HEADER_SHA256: self.sha256, HEADER_DEADLINE_MS: self.deadline_ms, HEADER_TOP_K: self.top_k}
+        headers: dict[str, Any] = {
+            HEADER_SHA256: self.sha256, HEADER_DEADLINE_MS: self.deadline_ms, HEADER_TOP_K: self.top_k
+        }
+        if self.probabilities:
+            headers[HEADER_PROBABILITIES] = True
+        return headers
 
     @classmethod
     def from_amqp(cls, headers: dict[str, Any] | None) -> JobHeaders:
@@ -163,11 +219,19 @@ class JobHeaders:
             sha256 = str(headers[HEADER_SHA256])
             deadline_ms = int(headers[HEADER_DEADLINE_MS])
             top_k = int(headers.get(HEADER_TOP_K, MAX_TOP_K))
+            probabilities = headers.get(HEADER_PROBABILITIES, False)
         except (KeyError, TypeError, ValueError) as exc:
             raise ContractError(f"missing or malformed job header: {exc}") from exc
         if not SHA256_RE.match(sha256):
             raise ContractError("header sha256 is not 64 lowercase hex digits")
-        return cls(sha256=sha256, deadline_ms=deadline_ms, top_k=min(max(top_k, MIN_TOP_K), MAX_TOP_K))
+        if not isinstance(probabilities, bool):
+            raise ContractError("header probabilities must be a boolean")
+        return cls(
+            sha256=sha256,
+            deadline_ms=deadline_ms,
+            top_k=min(max(top_k, MIN_TOP_K), MAX_TOP_K),
+            probabilities=probabilities,
+        )
 
     def ms_left(self, now: int | None = None) -> int:
         return self.deadline_ms - (now_ms() if now is None else now)

@@ -1,6 +1,6 @@
 """The model-file contract between the converter (writer) and the classifier (reader).
 
-One ``.onnx`` per model holds everything a worker needs (DESIGN.md, "The model
+One ``.onnx`` per model holds everything a worker needs (docs/DESIGN.md, "The model
 file"): a uint8 NHWC RGB input named ``image`` with normalisation inside the
 graph, a softmax output named ``probabilities``, and these metadata_props.
 Standard library only.
@@ -25,6 +25,8 @@ META_SOURCE = "source"
 META_CONVERTER = "converter"
 META_CREATED = "created"
 REQUIRED_METADATA = (META_NAME, META_LABELS, META_INPUT_SIZE, META_RESIZE, META_SOURCE, META_CONVERTER, META_CREATED)
+# Optional: set on int8 files, the key of INT8_SCHEMES they were quantised with.
+META_INT8_SCHEME = "int8_scheme"
 
 VERSION_HEX_DIGITS = 12
 
@@ -67,6 +69,46 @@ class ResizePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Int8Scheme:
+    """Which integer types meet in an int8 file's products, and what that means per CPU.
+
+    On x86 without VNNI, onnxruntime multiplies uint8 activations by int8 weights with
+    VPMADDUBSW, whose int16 sum of two products saturates (255 x 127 x 2 > 32767): the
+    same file then gives other answers than on a VNNI CPU. 7-bit weights (reduce_range)
+    keep that sum in range. Depthwise convolutions run on a kernel that widens to 16 bits
+    before it multiplies, so they keep full 8-bit weights; the first convolution (the
+    stem, on raw pixels) is the layer 7-bit weights hurt most, so "mixed" keeps it float.
+    Measured in converter/README.md ("int8 schemes").
+    """
+
+    reduce_range: bool  # 7-bit weights where the GEMM kernel multiplies
+    depthwise_full_range: bool  # ... but 8-bit weights for depthwise convolutions
+    float_stem: bool  # the first convolution stays float
+    saturates_without_vnni: bool
+
+    def describe(self) -> str:
+        parts = ["activations uint8, weights int8 per-channel"]
+        if self.reduce_range:
+            parts.append("7-bit (reduce_range)" + (" except depthwise convs (8-bit)" if self.depthwise_full_range else ""))
+        if self.float_stem:
+            parts.append("first conv float")
+        return ", ".join(parts)
+
+
+INT8_SCHEMES: dict[str, Int8Scheme] = {
+    "u8s8-mixed": Int8Scheme(
+        reduce_range=True, depthwise_full_range=True, float_stem=True, saturates_without_vnni=False
+    ),
+    "u8s8-reduce-range": Int8Scheme(
+        reduce_range=True, depthwise_full_range=False, float_stem=False, saturates_without_vnni=False
+    ),
+    "u8s8": Int8Scheme(
+        reduce_range=False, depthwise_full_range=False, float_stem=False, saturates_without_vnni=True
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class ModelMetadata:
     """The parsed metadata_props of a model file."""
 
@@ -77,10 +119,12 @@ class ModelMetadata:
     source: str
     converter: str
     created: str
+    int8_scheme: str | None = None  # a key of INT8_SCHEMES; None for a float model
 
     def to_props(self) -> dict[str, str]:
         h, w = self.input_size
-        return {
+        scheme = {META_INT8_SCHEME: self.int8_scheme} if self.int8_scheme else {}
+        return scheme | {
             META_NAME: self.name,
             META_LABELS: json.dumps(self.labels),
             META_INPUT_SIZE: f"{h},{w}",
@@ -107,4 +151,5 @@ class ModelMetadata:
             source=props[META_SOURCE],
             converter=props[META_CONVERTER],
             created=props[META_CREATED],
+            int8_scheme=props.get(META_INT8_SCHEME),
         )

@@ -7,6 +7,7 @@ Redis; the README's table documents them all.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -41,9 +42,24 @@ class Settings:
     host: str = "127.0.0.1"
     # The gateway's bound on requests it holds at once; beyond it, 503 at once.
     max_in_flight: int = 512
+    # Hostile clients (README "Hostile clients and faults"): an upload's body must arrive within
+    # UPLOAD_TIMEOUT_S, and after a few seconds' grace at an average of UPLOAD_MIN_RATE_KB_S or more.
+    upload_timeout_s: float = 60.0
+    upload_min_rate_kb_s: float = 16.0
+    # Bodies being received at once, and the bytes they may hold in memory together; counted
+    # apart from MAX_IN_FLIGHT (requests whose upload is in, waiting for a worker).
+    max_receiving: int = 4096
+    receive_buffer_mb: float = 512.0
+    # Disk quota of the upload store (least recently used images are evicted beyond it).
+    upload_store_mb: float = 1024.0
+    # RabbitMQ's max_message_size (128 MiB by default in 3.10): MAX_UPLOAD_MB must fit in it.
+    broker_max_message_mb: float = 128.0
     # Decoded images above this many pixels are refused (decompression bombs).
-    max_pixels: int = 40_000_000
+    max_pixels: int = 25_000_000
     worker_metrics_port: int = 9100
+    # An int8 file whose scheme saturates on this CPU (u8s8 without VNNI): "refuse" to start,
+    # or "warn" loudly and serve it anyway (its answers differ from the converter's checks).
+    int8_on_saturating_cpu: str = "refuse"
     log_level: str = "INFO"
 
     @property
@@ -62,7 +78,8 @@ class Settings:
             raw = os.environ.get(f.name.upper())
             if raw is None or raw == "":
                 continue
-            default = f.default
-            values[f.name] = type(default)(raw) if not isinstance(default, Path) else Path(raw)
+            # Every field has a plain default (str, int, float, Path): its type parses the text.
+            parse: Callable[[str], object] = Path if isinstance(f.default, Path) else type(f.default)
+            values[f.name] = parse(raw)
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -39,19 +39,13 @@ def load_photos(directory: Path) -> list[np.ndarray]:
 
 
 def resize(photo: np.ndarray, size: tuple[int, int], policy: ResizePolicy) -> np.ndarray:
-    """Map one photo onto the model input size as a worker would (DESIGN.md ``resize``)."""
+    """Map one decoded photo onto the model input size with the worker's own resize policy
+    (docs/DESIGN.md ``resize``; classifier.preprocess.fit_to_input)."""
     from PIL import Image
 
-    h, w = size
-    im = Image.fromarray(photo)
-    if policy.mode == "stretch":
-        return np.asarray(im.resize((w, h), Image.BILINEAR))
-    # center_crop: scale so the crop window (size / ratio) fits the short side, then cut the middle.
-    scale = max(h / policy.crop_ratio / im.height, w / policy.crop_ratio / im.width)
-    new_w, new_h = max(w, round(im.width * scale)), max(h, round(im.height * scale))
-    im = im.resize((new_w, new_h), Image.BILINEAR)
-    left, top = (new_w - w) // 2, (new_h - h) // 2
-    return np.asarray(im.crop((left, top, left + w, top + h)))
+    from classifier.preprocess import fit_to_input
+
+    return fit_to_input(Image.fromarray(np.ascontiguousarray(photo)), size, policy)
 
 
 def batch(photos: list[np.ndarray], size: tuple[int, int], policy: ResizePolicy) -> np.ndarray:

@@ -6,12 +6,13 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import cpu
 from common.model_file import ModelMetadata, model_version
 from converter import __version__, onnx_file, parity
 from converter.images import load_photos
 from converter.parity import ParityReport
 from converter.progress import Progress
-from converter.quantize import Int8Report, int8_path_for, quantize_file
+from converter.quantize import Gate, Int8Report, int8_path_for, quantize_file
 from converter.source import Exported
 
 
@@ -22,11 +23,12 @@ class Options:
     threads: int
     photo_dir: Path  # real photos for parity (and default calibration)
     calibration_dir: Path
+    explicit_calibration: bool  # --calibration given: calibrate there, judge on all labelled photos
+    labelled_dir: Path | None  # labelled photos for top-1 accuracy; None: not measurable here
     calibration_count: int
     agreement_count: int
-    min_agreement: float
-    decisive_margin: float
-    reduce_range: bool
+    scheme: str
+    gate: Gate
 
 
 @dataclass(frozen=True)
@@ -97,22 +99,35 @@ def quantize_int8(fp32_path: Path, opts: Options, progress: Progress, out: Path 
         fp32_path,
         out or int8_path_for(fp32_path),
         photo_dir=opts.calibration_dir,
+        labelled_dir=opts.labelled_dir,
+        explicit_calibration=opts.explicit_calibration,
         calibration_count=opts.calibration_count,
         agreement_count=opts.agreement_count,
-        min_agreement=opts.min_agreement,
-        decisive_margin=opts.decisive_margin,
+        scheme=opts.scheme,
+        gate=opts.gate,
         threads=opts.threads,
-        reduce_range=opts.reduce_range,
         progress=progress,
     )
 
 
-def agreement_line(r: Int8Report) -> str:
-    return (
-        f"agreement: int8 top-1 = fp32 top-1 on {r.agree}/{r.total} = {r.agreement:.4f} of the inputs "
-        f"where fp32 leads by >= {r.decisive_margin:g} (gated); "
-        f"{r.agree_all}/{r.total_all} = {r.agree_all / r.total_all:.4f} overall"
-    )
+def int8_lines(r: Int8Report) -> list[str]:
+    """The int8 part of a summary: accuracy (or why it was not measured), agreement, speed."""
+    if r.accuracy is not None:
+        quality = f"accuracy:  {r.accuracy.line()} (gated)"
+    else:
+        quality = (
+            f"accuracy:  labelled top-1 NOT MEASURED: {r.unlabelled_reason}; gated instead: "
+            f"int8 top-1 = fp32 top-1 on {r.agree}/{r.total} = {r.agreement:.4f} of the held-out "
+            f"inputs where fp32 leads by >= {r.decisive_margin:g}; {r.agree_all}/{r.total_all} overall"
+        )
+    return [
+        f"int8:      {r.path} ({r.size_mb:.1f} MB, version {r.version}, scheme {r.scheme}, "
+        f"calibrated on {r.calibration_inputs} inputs)",
+        quality,
+        f"speed:     fp32 {r.fp32_ips:.1f} img/s, int8 {r.int8_ips:.1f} img/s "
+        f"({r.int8_ips / r.fp32_ips:.2f}x), batch {r.batch_size}, {r.threads} onnxruntime threads, "
+        f"on {cpu.describe()} (the int8 speed-up differs by CPU)",
+    ]
 
 
 def summary(result: Result, progress: Progress) -> list[str]:
@@ -127,14 +142,6 @@ def summary(result: Result, progress: Progress) -> list[str]:
     if result.parity:
         lines.append(f"parity:    {result.parity.line()}")
     if result.int8:
-        r = result.int8
-        lines += [
-            f"int8:      {r.path} ({r.size_mb:.1f} MB, version {r.version}, "
-            f"calibrated on {r.calibration_inputs} inputs)",
-            agreement_line(r),
-            f"speed:     fp32 {r.fp32_ips:.1f} img/s, int8 {r.int8_ips:.1f} img/s "
-            f"({r.int8_ips / r.fp32_ips:.2f}x), "
-            f"batch {r.batch_size}, {r.threads} onnxruntime threads",
-        ]
+        lines += int8_lines(result.int8)
     lines.append(f"elapsed:   {progress.elapsed:.1f}s")
     return lines

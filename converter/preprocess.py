@@ -1,6 +1,6 @@
 """Each model's input normalisation, as numpy (the reference) and as ONNX nodes (in the graph).
 
-The model file takes raw uint8 RGB pixels (DESIGN.md); the converter prepends the
+The model file takes raw uint8 RGB pixels (docs/DESIGN.md); the converter prepends the
 normalisation the model was trained with, so workers never hard-code it.
 """
 

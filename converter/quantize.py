@@ -1,10 +1,15 @@
-"""Static int8 quantisation of a converted model file, with agreement and speed checks.
+"""Static int8 quantisation of a converted model file, with accuracy, agreement and speed checks.
 
-QDQ format, activations QUInt8, weights QInt8 per channel, MinMax calibration on real
-photos. Dynamic quantisation was measured ~6x slower than fp32 on these CNNs, static
-~2.9x faster, hence static only. The in-graph normalisation (uint8 -> float) and the final
-softmax stay float: quantising the normalisation would only re-quantise the uint8 pixels,
-and a quantised softmax would round every probability to steps of 1/255.
+QDQ format, per-channel weights, MinMax calibration on real photos. Dynamic quantisation
+was measured ~6x slower than fp32 on these CNNs, static ~2.9x faster, hence static only.
+The in-graph normalisation (uint8 -> float) and the final softmax stay float: quantising
+the normalisation would only re-quantise the uint8 pixels, and a quantised softmax would
+round every probability to steps of 1/255.
+
+The scheme (which integer types meet in each product) decides whether one file gives the
+same answers on every x86 CPU: without VNNI, onnxruntime multiplies uint8 activations by
+int8 weights with VPMADDUBSW, whose int16 pair sums saturate. ``SCHEMES`` says which
+schemes are exact everywhere; the choice and its measurements are in converter/README.md.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from common.model_file import INPUT_NAME, ModelMetadata, model_version
-from converter import bench, calibration, onnx_file, runtime
+from common.model_file import INPUT_NAME, INT8_SCHEMES, ModelMetadata, model_version
+from converter import bench, calibration, labelled, onnx_file, runtime
 from converter.errors import ConverterError, ParityError
 from converter.progress import Progress
 
 INT8_SUFFIX = "-int8"
+DEFAULT_SCHEME = "u8s8-mixed"
 # Ops that start the network proper: everything between the uint8 input and these is preprocessing.
 _CORE_OPS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 CALIBRATION_BATCH = 8
@@ -31,6 +37,17 @@ CALIBRATION_BATCH = 8
 # 1.32 that option discards each full chunk instead of reducing it, so only the last partial
 # chunk would calibrate the model.
 MAX_CHUNK_BATCHES = 2
+# Labelled ImageNet photos only mean something for a model with ImageNet-1k's classes.
+IMAGENET_CLASSES = 1000
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What an int8 file must achieve to be written."""
+
+    max_top1_drop: float  # points of labelled top-1 int8 may lose against fp32
+    min_agreement: float  # int8 top-1 == fp32 top-1 on held-out inputs
+    decisive_margin: float  # without labels: agreement is gated where fp32 leads by this much
 
 
 @dataclass(frozen=True)
@@ -40,8 +57,14 @@ class Int8Report:
     path: Path
     version: str
     size_mb: float
+    scheme: str
     calibration_inputs: int
-    agree: int  # top-1 agreement on the inputs where fp32 is decisive (the gated figure)
+    calibration_from: str
+    # Labelled accuracy on held-out photos; None when no labelled folder applies (then the
+    # agreement figures below, on held-out inputs made from the calibration photos, are gated).
+    accuracy: labelled.Accuracy | None
+    unlabelled_reason: str
+    agree: int  # top-1 agreement on the inputs where fp32 is decisive
     total: int
     agree_all: int  # top-1 agreement on every input, near-ties included
     total_all: int
@@ -53,11 +76,35 @@ class Int8Report:
 
     @property
     def agreement(self) -> float:
-        return self.agree / self.total
+        return self.agree / self.total if self.total else float("nan")
 
 
 def int8_path_for(fp32_path: Path) -> Path:
     return fp32_path.with_name(fp32_path.stem + INT8_SUFFIX + fp32_path.suffix)
+
+
+def _stem_and_depthwise_weights(model) -> tuple[str | None, list[str]]:
+    """The first convolution's node name, and the weight names of the depthwise convolutions."""
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    depthwise = [
+        n.input[1]
+        for n in convs
+        if any(a.name == "group" and a.i > 1 for a in n.attribute)
+    ]
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    seen: set[str] = set()
+    todo = deque([INPUT_NAME])
+    while todo:  # breadth first from the input: the first Conv met is the stem
+        for node in consumers.get(todo.popleft(), []):
+            if node.op_type == "Conv":
+                return node.name, depthwise
+            if node.name not in seen:
+                seen.add(node.name)
+                todo.extend(node.output)
+    return None, depthwise
 
 
 def float_nodes(model) -> list[str]:
@@ -81,31 +128,83 @@ def float_nodes(model) -> list[str]:
     return keep
 
 
+@dataclass(frozen=True)
+class _Evaluation:
+    """Held-out inputs, and their labels where there are labels."""
+
+    inputs: np.ndarray
+    truth: np.ndarray | None
+
+
+def _calibration_and_evaluation(
+    meta: ModelMetadata,
+    photo_dir: Path,
+    labelled_dir: Path | None,
+    explicit_calibration: bool,
+    calibration_count: int,
+    agreement_count: int,
+) -> tuple[np.ndarray, str, _Evaluation, str]:
+    """(calibration inputs, where they came from, held-out evaluation, why unlabelled or "").
+
+    With a labelled folder: calibrate on its calibration part (or on --calibration, when
+    given, judging on the whole labelled folder) and judge on its held-out part; never
+    both on one photo. Without one: calibrate and judge on different augmentations of
+    the --calibration photos (different seeds), and say that top-1 was not measured.
+    """
+    size, policy = meta.input_size, meta.resize
+    reason = ""
+    if labelled_dir is None:
+        reason = "no labelled folder (pass --labelled DIR or set IMAGENET_SAMPLE_DIR)"
+    elif len(meta.labels) != IMAGENET_CLASSES:
+        reason = f"the labelled folder is ImageNet-1k's; this model has {len(meta.labels)} classes"
+        labelled_dir = None
+    augmented = calibration.inputs(photo_dir, calibration_count, size, policy, calibration.CALIBRATION_SEED)
+    if labelled_dir is None:
+        held = calibration.inputs(photo_dir, agreement_count, size, policy, calibration.AGREEMENT_SEED)
+        return augmented, f"{calibration_count} crops/flips of {photo_dir}", _Evaluation(held, None), reason
+    photos = labelled.load(labelled_dir, len(meta.labels))
+    if explicit_calibration:
+        held = photos
+        calib, source = augmented, f"{calibration_count} crops/flips of {photo_dir}"
+    else:
+        parts = labelled.split(photos)
+        held = parts.held_out
+        rows = labelled.model_inputs(parts.calibration, size, policy)
+        calib = np.concatenate([rows, rows[:, :, ::-1]])  # and their mirror images
+        source = f"{len(parts.calibration)} labelled photos of {labelled_dir} and their mirror images"
+    evaluation = _Evaluation(labelled.model_inputs(held, size, policy), labelled.labels(held))
+    return np.ascontiguousarray(calib), source, evaluation, reason
+
+
 def quantize_file(
     fp32_path: Path,
     int8_path: Path,
     *,
     photo_dir: Path,
+    labelled_dir: Path | None,
+    explicit_calibration: bool,
     calibration_count: int,
     agreement_count: int,
-    min_agreement: float,
-    decisive_margin: float,
+    scheme: str,
+    gate: Gate,
     threads: int,
-    reduce_range: bool,
     progress: Progress,
 ) -> Int8Report:
     """Write ``int8_path``, a statically quantised copy of ``fp32_path`` (a converter model file).
 
-    Fails (ParityError, no file written) when top-1 agreement with fp32 is below
-    ``min_agreement`` on those of ``agreement_count`` photo-based inputs where fp32 is
-    decisive (its top-1 probability leads the runner-up by >= ``decisive_margin``). Where
-    fp32 itself is split (e.g. "tabby" 0.38 vs "tiger cat" 0.36) any rounding flips the
-    top-1; that says nothing about the int8 model, so those inputs are reported, not gated.
+    Fails (ParityError, no file written) when, on held-out labelled photos, int8 top-1 is
+    more than ``gate.max_top1_drop`` points below fp32's or their top-1 agreement is below
+    ``gate.min_agreement``. Without labelled photos the agreement is gated on the held-out
+    inputs where fp32 is decisive (its top-1 leads the runner-up by ``gate.decisive_margin``):
+    where fp32 itself is split any rounding flips the top-1, which says nothing of int8.
     """
     from onnxruntime import __version__ as ort_version
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if scheme not in INT8_SCHEMES:
+        raise ConverterError(f"unknown int8 scheme {scheme!r}; choose from {', '.join(INT8_SCHEMES)}")
+    recipe = INT8_SCHEMES[scheme]
     fp32 = onnx_file.load(fp32_path)
     try:
         meta = ModelMetadata.from_props(onnx_file.read_props(fp32))
@@ -114,26 +213,35 @@ def quantize_file(
     if [i.name for i in fp32.graph.input][:1] != [INPUT_NAME]:
         raise ConverterError(f"{fp32_path} has no '{INPUT_NAME}' input: not a converter model file")
 
-    progress.stage("calibration", f"{calibration_count} inputs from photos in {photo_dir}")
-    calib = calibration.inputs(
-        photo_dir, calibration_count, meta.input_size, meta.resize, calibration.CALIBRATION_SEED
+    progress.stage("calibration", "decoding calibration and held-out photos with the worker's decoder")
+    calib, calib_source, evaluation, unlabelled_reason = _calibration_and_evaluation(
+        meta, photo_dir, labelled_dir, explicit_calibration, calibration_count, agreement_count
     )
-    check_inputs = calibration.inputs(
-        photo_dir, agreement_count, meta.input_size, meta.resize, calibration.AGREEMENT_SEED
-    )
+    progress.stage("calibration", f"{len(calib)} inputs: {calib_source}")
 
     with tempfile.TemporaryDirectory(prefix="converter-int8-") as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         raw_int8 = Path(tmp) / "int8.onnx"
         progress.stage("quantising", "quant_pre_process (shape inference, graph optimisation)")
         quant_pre_process(str(fp32_path), str(prepped))
-        keep_float = float_nodes(onnx_file.load(prepped))
+        graph = onnx_file.load(prepped)
+        keep_float = float_nodes(graph)
+        stem, depthwise_weights = _stem_and_depthwise_weights(graph)
+        if recipe.float_stem and stem:
+            keep_float.append(stem)
+        overrides = {}
+        if recipe.reduce_range and recipe.depthwise_full_range:
+            overrides = {name: [{"axis": 0, "reduce_range": False}] for name in depthwise_weights}
         reader = calibration.Reader(calib, CALIBRATION_BATCH)
         progress.stage(
             "quantising",
-            f"quantize_static QDQ u8/s8 per-channel, MinMax on {len(calib)} inputs; "
-            f"kept float: {len(keep_float)} nodes (normalisation, softmax)",
+            f"quantize_static QDQ {recipe.describe()}, MinMax on {len(calib)} inputs; "
+            f"kept float: {len(keep_float)} nodes (normalisation, softmax"
+            f"{', first conv' if recipe.float_stem and stem else ''})",
         )
+        options: dict[str, object] = {"CalibStridedMinMax": calibration.stride(len(reader), MAX_CHUNK_BATCHES)}
+        if overrides:
+            options["TensorQuantOverrides"] = overrides
         quantize_static(
             str(prepped),
             str(raw_int8),
@@ -142,10 +250,10 @@ def quantize_file(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            reduce_range=reduce_range,
+            reduce_range=recipe.reduce_range,
             calibrate_method=CalibrationMethod.MinMax,
             nodes_to_exclude=keep_float,
-            extra_options={"CalibStridedMinMax": calibration.stride(len(reader), MAX_CHUNK_BATCHES)},
+            extra_options=options,
         )
         int8 = onnx_file.load(raw_int8)
 
@@ -157,60 +265,89 @@ def quantize_file(
         source=f"{meta.source}; int8 from {fp32_path.name} version {model_version(fp32_path)}",
         converter=f"{meta.converter} / onnxruntime.quantization {ort_version}",
         created=onnx_file.utc_now(),
+        int8_scheme=scheme,
     )
     onnx_file.set_metadata(
         int8,
         int8_meta,
         extra={
             "quantization": (
-                "static QDQ, activations QUInt8, weights QInt8 per-channel"
-                f"{', reduce_range' if reduce_range else ''}, "
-                f"MinMax calibration on {len(calib)} photo-based inputs"
+                f"static QDQ, {recipe.describe()}, MinMax calibration on {len(calib)} inputs "
+                f"({calib_source})"
             ),
         },
     )
 
     with onnx_file.staged(int8_path) as staged:
         onnx_file.save(int8, staged)
-        progress.stage("agreement", f"int8 vs fp32 top-1 on {len(check_inputs)} photo-based inputs")
         s32 = runtime.session(fp32_path, threads)
         s8 = runtime.session(staged, threads)
-        p32 = runtime.predict(s32, check_inputs)
-        p8 = runtime.predict(s8, check_inputs)
+        progress.stage("accuracy", f"fp32 and int8 on {len(evaluation.inputs)} held-out inputs")
+        p32 = runtime.predict(s32, evaluation.inputs)
+        p8 = runtime.predict(s8, evaluation.inputs)
         same = p32.argmax(1) == p8.argmax(1)
         top2 = np.sort(p32, axis=1)[:, -2:]
-        decisive = (top2[:, 1] - top2[:, 0]) >= decisive_margin
+        decisive = (top2[:, 1] - top2[:, 0]) >= gate.decisive_margin
         agree, total = int(same[decisive].sum()), int(decisive.sum())
-        progress.stage(
-            "agreement",
-            f"{agree}/{total} where fp32 leads by >= {decisive_margin:g}; "
-            f"{int(same.sum())}/{len(same)} overall",
-        )
-        if total == 0:
-            raise ParityError(
-                f"int8 check: fp32 is decisive (margin >= {decisive_margin:g}) on none of "
-                f"{len(same)} inputs; use other --calibration photos or a lower --decisive-margin"
+        accuracy = None
+        if evaluation.truth is not None:
+            accuracy = labelled.accuracy(p32, p8, evaluation.truth)
+            progress.stage("accuracy", accuracy.line())
+            _gate_labelled(accuracy, gate)
+        else:
+            progress.stage("accuracy", f"labelled top-1 NOT MEASURED: {unlabelled_reason}")
+            progress.stage(
+                "accuracy",
+                f"agreement {agree}/{total} where fp32 leads by >= {gate.decisive_margin:g}; "
+                f"{int(same.sum())}/{len(same)} overall",
             )
-        if agree / total < min_agreement:
-            raise ParityError(
-                f"int8 top-1 agreement with fp32 is {agree / total:.4f} ({agree}/{total} inputs where "
-                f"fp32 leads by >= {decisive_margin:g}; {int(same.sum())}/{len(same)} overall), "
-                f"below --min-agreement {min_agreement}"
-            )
+            _gate_unlabelled(agree, total, len(same), int(same.sum()), gate)
         progress.stage("benchmark", f"fp32 vs int8, batch {CALIBRATION_BATCH}, {threads} threads")
-        fp32_ips, int8_ips = bench.images_per_second([s32, s8], check_inputs, CALIBRATION_BATCH)
+        fp32_ips, int8_ips = bench.images_per_second([s32, s8], evaluation.inputs, CALIBRATION_BATCH)
     return Int8Report(
         path=int8_path,
         version=model_version(int8_path),
         size_mb=int8_path.stat().st_size / 1e6,
+        scheme=scheme,
         calibration_inputs=len(calib),
+        calibration_from=calib_source,
+        accuracy=accuracy,
+        unlabelled_reason=unlabelled_reason,
         agree=agree,
         total=total,
         agree_all=int(same.sum()),
         total_all=len(same),
-        decisive_margin=decisive_margin,
+        decisive_margin=gate.decisive_margin,
         fp32_ips=fp32_ips,
         int8_ips=int8_ips,
         batch_size=CALIBRATION_BATCH,
         threads=threads,
     )
+
+
+def _gate_labelled(accuracy: labelled.Accuracy, gate: Gate) -> None:
+    if accuracy.drop_points > gate.max_top1_drop:
+        raise ParityError(
+            f"int8 top-1 {accuracy.int8_top1:.4f} is {accuracy.drop_points:.2f} points below fp32's "
+            f"{accuracy.fp32_top1:.4f} on {accuracy.photos} held-out labelled photos, over "
+            f"--max-top1-drop {gate.max_top1_drop:g}"
+        )
+    if accuracy.agreement < gate.min_agreement:
+        raise ParityError(
+            f"int8 top-1 agreement with fp32 is {accuracy.agreement:.4f} ({accuracy.agree}/"
+            f"{accuracy.photos} held-out labelled photos), below --min-agreement {gate.min_agreement}"
+        )
+
+
+def _gate_unlabelled(agree: int, total: int, n: int, agree_all: int, gate: Gate) -> None:
+    if total == 0:
+        raise ParityError(
+            f"int8 check: fp32 is decisive (margin >= {gate.decisive_margin:g}) on none of "
+            f"{n} inputs; use other --calibration photos or a lower --decisive-margin"
+        )
+    if agree / total < gate.min_agreement:
+        raise ParityError(
+            f"int8 top-1 agreement with fp32 is {agree / total:.4f} ({agree}/{total} inputs where "
+            f"fp32 leads by >= {gate.decisive_margin:g}; {agree_all}/{n} overall), "
+            f"below --min-agreement {gate.min_agreement}"
+        )

@@ -12,18 +12,20 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from common.settings import Settings
+from gateway.admission import Admission
 from gateway.cache import ResultCache
 from gateway.feedback import FeedbackLog
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import MIDDLEWARES, security_headers
 from gateway.pages import setup_templates
+from gateway.readiness import ReadinessProbe
 from gateway.routes import setup_routes
-from gateway.rpc import RpcClient
+from gateway.rpc import MESSAGE_OVERHEAD_BYTES, RpcClient
 from gateway.service import Predictor
 from gateway.state import GATEWAY, Gateway
 from gateway.uploads import UploadStore
 
-__all__ = ["init_app"]
+__all__ = ["ConfigurationError", "check_settings", "init_app"]
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +36,38 @@ LINGERING_TIME_S = 2.0
 BROKER_WAIT_S = 5.0
 
 
+class ConfigurationError(Exception):
+    """Settings the gateway must not start with; the message says what to change."""
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse settings that would break at run time, e.g. uploads the broker cannot carry."""
+    message_bytes = settings.max_upload_bytes + MESSAGE_OVERHEAD_BYTES
+    broker_bytes = int(settings.broker_max_message_mb * 1024 * 1024)
+    if message_bytes > broker_bytes:
+        raise ConfigurationError(
+            f"MAX_UPLOAD_MB={settings.max_upload_mb:g} does not fit the broker's maximum message size "
+            f"(BROKER_MAX_MESSAGE_MB={settings.broker_max_message_mb:g}, RabbitMQ's max_message_size; "
+            f"a job is the upload plus up to {MESSAGE_OVERHEAD_BYTES // 1024} KiB of properties): lower "
+            "MAX_UPLOAD_MB, or raise max_message_size in rabbitmq.conf and BROKER_MAX_MESSAGE_MB with it."
+        )
+
+
 def init_app(settings: Settings) -> web.Application:
     """Build the application; RabbitMQ and Redis connect in its cleanup context."""
-    app = web.Application(middlewares=MIDDLEWARES, handler_args={"lingering_time": LINGERING_TIME_S})
+    check_settings(settings)
+    # auto_decompress off: a compressed request body is refused (415), never inflated.
+    app = web.Application(
+        middlewares=MIDDLEWARES,
+        handler_args={"lingering_time": LINGERING_TIME_S, "auto_decompress": False},
+    )
     metrics = GatewayMetrics()
-    store = UploadStore(settings.upload_dir)
+    store = UploadStore(
+        settings.upload_dir, quota_bytes=int(settings.upload_store_mb * 1024 * 1024), metrics=metrics
+    )
     cache = ResultCache(settings.redis_url, settings.queue_name)
     rpc = RpcClient(settings)
+    admission = Admission(settings, metrics)
     app[GATEWAY] = Gateway(
         settings=settings,
         metrics=metrics,
@@ -48,7 +75,9 @@ def init_app(settings: Settings) -> web.Application:
         feedback=FeedbackLog(settings.feedback_csv),
         cache=cache,
         rpc=rpc,
-        predictor=Predictor(settings, store, cache, rpc, metrics),
+        predictor=Predictor(settings, store, cache, rpc, metrics, admission),
+        admission=admission,
+        readiness=ReadinessProbe(rpc, cache, metrics),
     )
     setup_templates(app)
     setup_routes(app)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import resource
+import sys
 
 from aiohttp import web
 
 from common.settings import Settings
-from gateway import init_app
+from gateway import ConfigurationError, init_app
 
+# Connections the kernel may queue before we accept them (it caps this at net.core.somaxconn):
+# at aiohttp's default of 128, a burst of clients sees dropped SYNs and one-second retries.
+LISTEN_BACKLOG = 2048
 # Beyond the request deadline, time to write the last answers before connections are cut.
 SHUTDOWN_GRACE_S = 5.0
 
@@ -21,7 +26,13 @@ def main() -> None:
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     log = logging.getLogger("gateway")
-    app = init_app(settings)
+    soft, hard = raise_open_files_limit()
+    log.info("open files limit: %s (hard limit %s)", soft, hard)
+    try:
+        app = init_app(settings)
+    except ConfigurationError as exc:
+        log.critical("refusing to start: %s", exc)
+        sys.exit(2)
     log.info(
         "gateway listening on http://%s:%d/ (queue %r)", settings.host, settings.port, settings.queue_name
     )
@@ -33,8 +44,21 @@ def main() -> None:
         port=settings.port,
         shutdown_timeout=settings.request_timeout_s + SHUTDOWN_GRACE_S,
         print=None,
+        backlog=LISTEN_BACKLOG,
         access_log=logging.getLogger("aiohttp.access"),
     )
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: each connection, even a stalled one, is a file."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass  # keep the soft limit we have
+    return soft, hard
 
 
 if __name__ == "__main__":

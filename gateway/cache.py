@@ -75,13 +75,16 @@ class ResultCache:
         self._model = _parse_model(raw)
         return self._model
 
-    async def get(self, sha256: str) -> SuccessReply | None:
-        """The cached answer of the announced model for this image, or None (miss, no model, Redis down)."""
+    async def get(self, sha256: str, *, probabilities: bool = False) -> SuccessReply | None:
+        """The cached answer of the announced model for this image, or None (miss, no model, Redis down).
+
+        ``probabilities``: only an answer that carries the whole probability vector will do.
+        """
         model = await self.model()
         if model is None or self._skipping():
             return None
         try:
-            raw = await self._client.get(cache_key(model.version, sha256))
+            raw = await self._client.get(cache_key(model.version, sha256, probabilities=probabilities))
         except RedisError as exc:
             self._failed("cache read", exc)
             return None
@@ -98,6 +101,7 @@ class ResultCache:
             not isinstance(reply, SuccessReply)
             or reply.sha256 != sha256
             or reply.model.version != model.version
+            or (probabilities and reply.probabilities is None)
         ):
             return None
         return reply

@@ -25,15 +25,21 @@ class GatewayError(Exception):
     """A request failed; ``status`` is its HTTP status, ``message`` says why, for a human."""
 
     status: int = 500
+    # Close the connection after the answer (the client is not worth keeping).
+    close_connection: bool = False
 
-    def __init__(self, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self._extra_headers = headers or {}
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        retry = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        return {**self._extra_headers, **retry}
 
 
 class BadRequest(GatewayError):
@@ -46,6 +52,13 @@ class NotFound(GatewayError):
     """The thing asked for does not exist."""
 
     status = 404
+
+
+class RequestTimeout(GatewayError):
+    """The upload's body did not arrive within its deadline, or too slowly."""
+
+    status = 408
+    close_connection = True
 
 
 class PayloadTooLarge(GatewayError):
@@ -99,8 +112,20 @@ def error_body(message: str) -> dict[str, Any]:
 
 
 HtmlPredicate = Callable[[web.Request], bool]
+ErrorBody = Callable[[str], dict[str, Any]]
 _H = TypeVar("_H", bound=Callable[..., Any])
 _HTML_ERRORS_ATTR = "__gateway_html_errors__"
+_ERROR_BODY_ATTR = "__gateway_error_body__"
+
+
+def error_body_shape(shape: ErrorBody) -> Callable[[_H], _H]:
+    """Mark a handler whose JSON errors take another shape (a protocol's own, e.g. ``{"error"}``)."""
+
+    def mark(handler: _H) -> _H:
+        setattr(handler, _ERROR_BODY_ATTR, shape)
+        return handler
+
+    return mark
 
 
 def html_errors(predicate: HtmlPredicate = lambda request: True) -> Callable[[_H], _H]:
@@ -125,4 +150,7 @@ def error_response(request: web.Request, status: int, message: str, headers: dic
     """The response for a failed request: the page with the message, or the JSON error body."""
     if wants_html(request):
         return render_page(request, {"error": message}, status=status, headers=headers)
-    return web.json_response(error_body(message), status=status, headers=headers)
+    match_info = request.match_info
+    handler = getattr(match_info, "handler", None) if match_info is not None else None
+    shape: ErrorBody = getattr(handler, _ERROR_BODY_ATTR, error_body)
+    return web.json_response(shape(message), status=status, headers=headers)

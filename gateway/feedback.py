@@ -8,9 +8,13 @@ would run as a formula are neutralised with a leading single quote.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
+import errno
 import io
+import logging
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,9 +26,21 @@ from filelock import FileLock, Timeout
 
 from gateway.errors import BadRequest, ServiceUnavailable
 
+log = logging.getLogger(__name__)
+
 HEADER = ("timestamp", "image", "predicted_label", "score", "correct_label", "model_version")
 MAX_LABEL_CHARS = 200
 LOCK_TIMEOUT_S = 10.0
+# A full disk is not cleared in a second.
+RETRY_AFTER_DISK_S = 60
+_DISK_REASONS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the feedback file has reached its size limit",
+    errno.EROFS: "the disk is read-only",
+    errno.EACCES: "the feedback file is not writable",
+    errno.EPERM: "the feedback file is not writable",
+}
 # What a spreadsheet takes for the start of a formula (OWASP's CSV injection list).
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 # C0 and C1 control characters, DEL included.
@@ -112,22 +128,52 @@ class FeedbackLog:
         self._lock = FileLock(f"{path}.lock", timeout=lock_timeout_s)
 
     def append(self, entry: FeedbackEntry, timestamp: datetime | None = None) -> None:
-        """Write one whole row (and the header if the file is new). Blocking: call it off the loop."""
+        """Write one whole row (and the header if the file is new), or nothing at all.
+
+        Blocking: call it off the loop. A failed write (disk full, file size limit,
+        read-only disk) cuts the file back to its length before the row, under the
+        lock, so no partial row is ever left for the next one to be glued onto.
+        """
         buffer = io.StringIO()
         writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
         row = entry.row(timestamp or datetime.now(UTC))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            new_file = not self.path.exists() or self.path.stat().st_size == 0
-            if new_file:
-                writer.writerow(HEADER)
-            writer.writerow(row)
-            with open(self.path, "a", encoding="utf-8", newline="") as f:
-                f.write(buffer.getvalue())
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                length = os.fstat(fd).st_size
+                if length == 0:
+                    writer.writerow(HEADER)
+                writer.writerow(row)
+                data = buffer.getvalue().encode("utf-8")
+                try:
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, length)
+                    raise
+            finally:
+                os.close(fd)
 
     async def record(self, entry: FeedbackEntry) -> None:
-        """Append off the event loop; a lock held too long by another process is a 503."""
+        """Append off the event loop; a busy lock or a disk that refuses the row is a 503."""
         try:
             await asyncio.to_thread(self.append, entry)
         except Timeout:
             raise ServiceUnavailable("The feedback file is busy; please try again.") from None
+        except OSError as exc:
+            log.error("feedback not recorded (%s): %s", errno.errorcode.get(exc.errno or 0, "?"), exc)
+            reason = _DISK_REASONS.get(exc.errno or 0, "the feedback file cannot be written")
+            raise ServiceUnavailable(
+                f"Your feedback was not recorded: {reason}. Nothing was saved; please try again later.",
+                retry_after=RETRY_AFTER_DISK_S,
+            ) from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is out: a short write (near a size limit) is not an error by itself."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]

@@ -39,7 +39,24 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("gateway_in_flight_requests", "Prediction requests being served", registry=r)
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests", "Predictions whose upload is in, waiting for a worker", registry=r
+        )
+        self.receiving = Gauge(
+            "gateway_receiving_uploads", "Upload bodies being received (apart from in flight)", registry=r
+        )
+        self.upload_timeouts = Counter(
+            "gateway_upload_timeouts_total",
+            "Uploads cut off for arriving too late or too slowly (408)",
+            registry=r,
+        )
+        self.readiness_probes = Counter(
+            "gateway_readiness_probes_total", "Readiness probes that asked the broker and Redis", registry=r
+        )
+        self.store_bytes = Gauge("gateway_upload_store_bytes", "Bytes in the upload store", registry=r)
+        self.store_evictions = Counter(
+            "gateway_upload_store_evictions_total", "Uploads evicted from the store (quota)", registry=r
+        )
         self.cache_hits = Counter(
             "gateway_cache_hits_total", "Predictions answered from the Redis cache", registry=r
         )

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.web_urldispatcher import SystemRoute
 
-from gateway.errors import GatewayError, ServiceUnavailable, error_response
+from gateway.errors import GatewayError, error_response
 from gateway.state import GATEWAY
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,11 @@ _HTTP_MESSAGES = {
 
 
 def in_flight_bounded(handler: _H) -> _H:
-    """Mark a handler that counts against MAX_IN_FLIGHT (the prediction routes)."""
+    """Mark a handler that counts against MAX_IN_FLIGHT for its whole run.
+
+    The upload routes do not use it: their predictor takes a receiving slot while
+    the body arrives and a MAX_IN_FLIGHT slot only once it is in (gateway.admission).
+    """
     setattr(handler, _BOUNDED_ATTR, True)
     return handler
 
@@ -80,7 +84,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as exc:
-        return error_response(request, exc.status, exc.message, exc.headers)
+        response = error_response(request, exc.status, exc.message, exc.headers)
+        if exc.close_connection:
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise  # redirects and 304s pass through
@@ -96,17 +103,8 @@ async def in_flight_middleware(request: web.Request, handler: Handler) -> web.St
     """Beyond MAX_IN_FLIGHT predictions at once, answer 503 at once instead of queueing in memory."""
     if not getattr(request.match_info.handler, _BOUNDED_ATTR, False):
         return await handler(request)
-    gateway = request.app[GATEWAY]
-    if gateway.in_flight >= gateway.settings.max_in_flight:
-        gateway.metrics.rpc_rejected.labels("gateway_busy").inc()
-        raise ServiceUnavailable("The gateway is at its limit of requests in flight; please retry shortly.")
-    gateway.in_flight += 1
-    gateway.metrics.in_flight.inc()
-    try:
+    with request.app[GATEWAY].admission.waiting_slot():
         return await handler(request)
-    finally:
-        gateway.in_flight -= 1
-        gateway.metrics.in_flight.dec()
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -1,10 +1,10 @@
-"""The URL map (DESIGN.md's HTTP table)."""
+"""The URL map (docs/DESIGN.md's HTTP table)."""
 
 from __future__ import annotations
 
 from aiohttp import hdrs, web
 
-from gateway import views
+from gateway import oip, openapi, views
 from gateway.pages import STATIC_DIR
 from gateway.state import GATEWAY
 from gateway.uploads import MULTIPART_OVERHEAD
@@ -37,3 +37,14 @@ def setup_routes(app: web.Application) -> None:
     router.add_get("/health/ready", views.ready, name="ready")
     router.add_get("/metrics", views.metrics, name="metrics")
     router.add_static("/static", STATIC_DIR, name="static", follow_symlinks=False, show_index=False)
+    router.add_get("/openapi.json", openapi.document, name="openapi")
+    # The Open Inference Protocol (KServe v2), gateway/oip.py; each model route also with a version.
+    router.add_get("/v2", oip.server_metadata, name="v2_server")
+    router.add_get("/v2/health/live", oip.server_live, name="v2_live")
+    router.add_get("/v2/health/ready", oip.server_ready, name="v2_ready")
+    router.add_post("/v2/repository/index", oip.repository_index, name="v2_repository_index")
+    model = "/v2/models/{model_name}"
+    for prefix, suffix in ((model, ""), (f"{model}/versions/{{model_version}}", "_version")):
+        router.add_get(prefix, oip.model_metadata, name=f"v2_model{suffix}")
+        router.add_get(f"{prefix}/ready", oip.model_ready, name=f"v2_model_ready{suffix}")
+        router.add_post(f"{prefix}/infer", oip.infer, name=f"v2_infer{suffix}")

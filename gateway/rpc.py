@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 PUBLISH_CONFIRM_TIMEOUT_S = 5.0
 # Bound on one readiness probe round trip.
 PROBE_TIMEOUT_S = 2.0
+# Room for a job's properties and headers on top of its body within the broker's max_message_size.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 
 class RpcError(Exception):
@@ -49,6 +51,10 @@ class QueueFull(RpcError):
 
 class DeadlineExceeded(RpcError):
     """No reply came before the job's deadline."""
+
+
+class MessageTooLarge(RpcError):
+    """A job over the broker's maximum message size: never published (the broker would close the channel)."""
 
 
 class ChannelStuck(Exception):
@@ -133,7 +139,8 @@ class RpcClient:
     def _on_reconnected(self, connection: Any, *_: Any) -> None:
         log.info(
             "reconnected to RabbitMQ at %s; reply queue %r declared again",
-            redact(connection.url), self.reply_queue,
+            redact(connection.url),
+            self.reply_queue,
         )
 
     def _fail_pending(self, exc: RpcError) -> None:
@@ -185,6 +192,8 @@ class RpcClient:
         """Publish one job and wait for its reply until ``headers.deadline_ms``."""
         if not self.connected or self._channel is None:
             raise BrokerUnavailable("not connected to RabbitMQ")
+        if len(body) + MESSAGE_OVERHEAD_BYTES > self.settings.broker_max_message_mb * 1024 * 1024:
+            raise MessageTooLarge(f"{len(body)} bytes do not fit BROKER_MAX_MESSAGE_MB")
         ms_left = headers.ms_left()
         if ms_left <= 0:
             raise DeadlineExceeded("the deadline passed before the job was sent")

@@ -6,6 +6,7 @@ Broker-level failures are translated here into the gateway's HTTP errors.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -24,20 +25,38 @@ from common.contract import (
     now_ms,
 )
 from common.settings import Settings
+from gateway.admission import Admission
 from gateway.cache import ResultCache
 from gateway.errors import (
     RETRY_AFTER_BROKER_DOWN_S,
     BadGateway,
     BadRequest,
     GatewayTimeout,
+    PayloadTooLarge,
     ServiceUnavailable,
     UnprocessableImage,
+    UnsupportedMediaType,
 )
 from gateway.image_size import check_pixel_limit
 from gateway.metrics import GatewayMetrics
-from gateway.rpc import BrokerUnavailable, DeadlineExceeded, MalformedReply, QueueFull, RpcClient
+from gateway.rpc import (
+    BrokerUnavailable,
+    DeadlineExceeded,
+    MalformedReply,
+    MessageTooLarge,
+    QueueFull,
+    RpcClient,
+)
 from gateway.singleflight import SingleFlight
-from gateway.uploads import Upload, UploadStore, read_upload
+from gateway.uploads import (
+    ACCEPTED_NAMES,
+    SNIFF_BYTES,
+    ReadLimits,
+    Upload,
+    UploadStore,
+    read_upload,
+    sniff_image_type,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +76,7 @@ class PredictionResult:
         return self.reply.top[: self.top_k]
 
     def to_json(self) -> dict[str, Any]:
-        """The /predict 200 body of DESIGN.md."""
+        """The /predict 200 body of docs/DESIGN.md."""
         best = self.top[0]
         return {
             "success": True,
@@ -94,8 +113,11 @@ class Predictor:
         cache: ResultCache,
         rpc: RpcClient,
         metrics: GatewayMetrics,
+        admission: Admission,
     ) -> None:
         self.settings = settings
+        self.admission = admission
+        self.read_limits = ReadLimits.from_settings(settings)
         self.store = store
         self.cache = cache
         self.rpc = rpc
@@ -106,33 +128,87 @@ class Predictor:
 
     async def predict(self, request: web.Request, top_k: int) -> PredictionResult:
         started = time.perf_counter()
-        upload = await read_upload(request, self.settings.max_upload_bytes)
-        check_pixel_limit(upload, self.settings.max_pixels)  # a bomb is neither stored nor published
-        image_id = await self.store.save(upload)
+        # No worker slot could take it: refuse before reading a body we would throw away.
+        self.admission.check_waiting_room()
+        # While the body arrives it holds a receiving slot, never one of MAX_IN_FLIGHT.
+        with self.admission.receiving_slot() as received:
+            upload = await read_upload(request, self.read_limits, received.hold)
+        return await self.predict_upload(upload, top_k=top_k, started=started)
+
+    def image_upload(self, data: bytes) -> Upload:
+        """An image given as bytes (not read from a request), checked as an upload would be:
+        400 empty, 413 over MAX_UPLOAD_MB, 415 not an accepted type, 422 over MAX_PIXELS."""
+        if not data:
+            raise BadRequest("The image is empty.")
+        limit = self.settings.max_upload_bytes
+        if len(data) > limit:
+            raise PayloadTooLarge(f"The image is larger than the limit of {limit / (1024 * 1024):g} MB.")
+        kind = sniff_image_type(data[:SNIFF_BYTES])
+        if kind is None:
+            raise UnsupportedMediaType(f"The file is not an image we accept; send a {ACCEPTED_NAMES} file.")
+        upload = Upload(data=data, sha256=hashlib.sha256(data).hexdigest(), kind=kind)
+        check_pixel_limit(upload, self.settings.max_pixels)
+        return upload
+
+    async def predict_image(
+        self, data: bytes, *, top_k: int = MAX_TOP_K, probabilities: bool = False
+    ) -> PredictionResult:
+        """The service entry point free of HTTP: one image's bytes in, its prediction out.
+
+        ``probabilities``: the answer also carries every class's probability (a job and
+        a cache entry of their own). Raises a :class:`~gateway.errors.GatewayError`.
+        """
+        started = time.perf_counter()
+        return await self.predict_upload(
+            self.image_upload(data), top_k=top_k, probabilities=probabilities, started=started
+        )
+
+    async def predict_upload(
+        self, upload: Upload, *, top_k: int, probabilities: bool = False, started: float | None = None
+    ) -> PredictionResult:
+        """Classify a received upload: the cache or a worker (single-flight); then store it."""
+        started = time.perf_counter() if started is None else started
+        self.admission.check_waiting_room()
+        check_pixel_limit(upload, self.settings.max_pixels)  # a bomb is never published
         # The deadline starts once the upload is in: a slow client's upload does not eat the worker's time.
         deadline_ms = now_ms() + int(self.settings.request_timeout_s * 1000)
-        # Identical images in flight at once are classified once (same sha256, same job).
-        reply, cached = await self._flights.run(upload.sha256, lambda: self._classify(upload, deadline_ms))
+        # Identical images in flight at once are classified once (same sha256, same job);
+        # a job for the probabilities is another job (its answer holds more).
+        flight = f"{upload.sha256}:p" if probabilities else upload.sha256
+        with self.admission.waiting_slot():
+            reply, cached = await self._flights.run(
+                flight, lambda: self._classify(upload, deadline_ms, probabilities)
+            )
         if not reply.top:
             raise BadGateway("The classifier answered with no labels.")
+        if probabilities and reply.probabilities is None:
+            raise BadGateway("The classifier answered without the probabilities.")
+        # Only an image a worker decoded is kept (a 4xx upload never reaches the disk).
+        await self.store.save(upload)
         return PredictionResult(
             reply=reply,
             cached=cached,
-            image_id=image_id,
+            image_id=upload.image_id,
             latency_ms=(time.perf_counter() - started) * 1000,
             top_k=top_k,
         )
 
-    async def _classify(self, upload: Upload, deadline_ms: int) -> tuple[SuccessReply, bool]:
-        hit = await self.cache.get(upload.sha256)
+    async def _classify(
+        self, upload: Upload, deadline_ms: int, probabilities: bool = False
+    ) -> tuple[SuccessReply, bool]:
+        hit = await self.cache.get(upload.sha256, probabilities=probabilities)
         if hit is not None:
             self.metrics.cache_hits.inc()
             return hit, True
         self.metrics.cache_misses.inc()
         # Always ask for the full top-5 and slice per request: one job serves every top_k.
-        headers = JobHeaders(sha256=upload.sha256, deadline_ms=deadline_ms, top_k=MAX_TOP_K)
+        headers = JobHeaders(
+            sha256=upload.sha256, deadline_ms=deadline_ms, top_k=MAX_TOP_K, probabilities=probabilities
+        )
         try:
             reply = await self.rpc.call(upload.data, content_type=upload.kind.content_type, headers=headers)
+        except MessageTooLarge:
+            raise PayloadTooLarge("The upload is larger than the message broker can carry.") from None
         except QueueFull:
             self.metrics.rpc_rejected.labels("queue_full").inc()
             raise ServiceUnavailable("The classifier queue is full; please retry shortly.") from None

@@ -10,9 +10,11 @@ from aiohttp import web
 from common.settings import Settings
 
 if TYPE_CHECKING:
+    from gateway.admission import Admission
     from gateway.cache import ResultCache
     from gateway.feedback import FeedbackLog
     from gateway.metrics import GatewayMetrics
+    from gateway.readiness import ReadinessProbe
     from gateway.rpc import RpcClient
     from gateway.service import Predictor
     from gateway.uploads import UploadStore
@@ -29,7 +31,8 @@ class Gateway:
     cache: ResultCache
     rpc: RpcClient
     predictor: Predictor
-    in_flight: int = 0
+    admission: Admission
+    readiness: ReadinessProbe
     shutting_down: bool = field(default=False)
 
 

@@ -9,23 +9,40 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+import warnings
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp import BodyPartReader, MultipartReader, StreamReader, hdrs, web
 from aiohttp.client_exceptions import ClientPayloadError
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from common.settings import Settings
+from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
 
 FILE_FIELD = "file"
 CHUNK_SIZE = 64 * 1024
 # Room for multipart boundaries and part headers on top of the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
+# A form holds the file and a few fields; more parts than this is an attack, not a browser.
+MAX_PARTS = 16
+# Boundary, preamble and part-header lines of one multipart body (a browser sends ~5 per part).
+MAX_MULTIPART_LINES = 256
+# The loop gets a turn at least every this many reads of the body.
+YIELD_EVERY_READS = 16
+# Seconds an upload may take before its average pace is held to UPLOAD_MIN_RATE_KB_S.
+UPLOAD_GRACE_S = 5.0
+# Ids of evicted uploads remembered for feedback (about 100 bytes each).
+REMEMBER_EVICTED = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,26 +109,113 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"The upload is larger than the limit of {limit / (1024 * 1024):g} MB.")
 
 
-class _Budget:
-    """Counts bytes read from a request and stops the read the moment the limit is crossed."""
+@dataclass(frozen=True, slots=True)
+class ReadLimits:
+    """What a client must respect while it sends an upload: size, time, and pace."""
 
-    def __init__(self, limit: int) -> None:
+    max_bytes: int
+    timeout_s: float = 60.0
+    min_rate: float = 16 * 1024  # bytes/s, averaged, after UPLOAD_GRACE_S
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReadLimits:
+        return cls(
+            max_bytes=settings.max_upload_bytes,
+            timeout_s=settings.upload_timeout_s,
+            min_rate=settings.upload_min_rate_kb_s * 1024,
+        )
+
+    def deadline(self, started: float, received: int) -> float:
+        """When the next bytes must have arrived: the total deadline, or sooner if the pace is too slow."""
+        paced = started + UPLOAD_GRACE_S + received / self.min_rate if self.min_rate > 0 else float("inf")
+        return min(started + self.timeout_s, paced)
+
+
+class _MeteredBody:
+    """The request body as the readers see it: every byte counted, every read under a deadline.
+
+    aiohttp's multipart reader loops over buffered lines without ever yielding to
+    the event loop and charges nothing for boundaries, preambles or empty parts;
+    behind this wrapper each of those bytes counts against ``limit``, the lines
+    are capped, and every few reads the loop gets a turn.
+    """
+
+    def __init__(
+        self, stream: StreamReader, limit: int, limits: ReadLimits, hold: Callable[[int], None]
+    ) -> None:
+        self._stream = stream
+        self._limits = limits
+        self._hold = hold
         self.limit = limit
         self.used = 0
+        self._peak = 0
+        self._lines = 0
+        self._reads = 0
+        self._started = asyncio.get_running_loop().time()
 
-    def take(self, n: int) -> None:
-        self.used += n
+    async def _guarded(self, read: Callable[[], Awaitable[bytes]]) -> bytes:
+        self._reads += 1
+        if self._reads % YIELD_EVERY_READS == 0:
+            await asyncio.sleep(0)  # buffered data is read without suspending: let others run
+        try:
+            async with asyncio.timeout_at(self._limits.deadline(self._started, self.used)):
+                data = await read()
+        except TimeoutError:
+            raise RequestTimeout(
+                f"The upload did not arrive in time (the body must come within {self._limits.timeout_s:g} s, "
+                f"at {self._limits.min_rate / 1024:g} KB/s or more)."
+            ) from None
+        self.used += len(data)
         if self.used > self.limit:
-            raise _too_large(self.limit)
+            raise _too_large(self._limits.max_bytes)
+        if self.used > self._peak:  # bytes given back (unread_data) and read again are held once
+            self._hold(self.used - self._peak)
+            self._peak = self.used
+        return data
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self._guarded(lambda: self._stream.read(n if n > 0 else CHUNK_SIZE))
+
+    async def readline(self, *, max_line_length: int | None = None) -> bytes:
+        self._lines += 1
+        if self._lines > MAX_MULTIPART_LINES:
+            raise BadRequest(
+                "The multipart body has too many lines outside its file (preamble or part headers)."
+            )
+        return await self._guarded(lambda: self._stream.readline(max_line_length=max_line_length))
+
+    def at_eof(self) -> bool:
+        return self._stream.at_eof()
+
+    def unread_data(self, data: bytes) -> None:
+        self.used -= len(data)
+        with warnings.catch_warnings():  # the multipart reader needs it; aiohttp marks it deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self._stream.unread_data(data)
 
 
-async def read_upload(request: web.Request, max_bytes: int) -> Upload:
+def _no_hold(_: int) -> None:
+    return None
+
+
+async def read_upload(
+    request: web.Request,
+    limits: ReadLimits | int,
+    hold: Callable[[int], None] = _no_hold,
+) -> Upload:
     """Read the image of a request: multipart field ``file``, or a raw body.
 
-    Raises 413 as soon as the upload crosses ``max_bytes`` (or up front from
-    Content-Length) without reading the rest, 400 when there is no file or it
-    is empty, 415 when its content is not an accepted image type.
+    Raises 413 as soon as the bytes read (all of them, multipart framing included)
+    cross the limit, or up front from Content-Length, without reading the rest;
+    408 when the body does not arrive in time; 400 when there is no file, it is
+    empty or the multipart body is malformed or has too many parts; 415 when its
+    content is not an accepted image type or the body is compressed.
+    ``hold(n)`` is told of every byte held in memory (the shared receive buffer).
     """
+    if isinstance(limits, int):
+        limits = ReadLimits(max_bytes=limits)
+    max_bytes = limits.max_bytes
+    refuse_content_encoding(request)
     multipart = request.content_type.startswith("multipart/")
     allowance = max_bytes + (MULTIPART_OVERHEAD if multipart else 0)
     if request.content_length is not None and request.content_length > allowance:
@@ -120,11 +224,12 @@ async def read_upload(request: web.Request, max_bytes: int) -> Upload:
         raise BadRequest(
             f"No file was uploaded: send the image as the multipart form field '{FILE_FIELD}' or as the body."
         )
+    body = _MeteredBody(request.content, allowance, limits, hold)
     try:
         if multipart:
-            data = await _read_multipart_file(request, max_bytes)
+            data = await _read_multipart_file(request, body, max_bytes)
         else:
-            data = await _read_stream(request.content.iter_chunked(CHUNK_SIZE), _Budget(max_bytes))
+            data = await _read_all(body)
             if not data:
                 raise BadRequest(
                     f"No file was uploaded: send the image in the form field '{FILE_FIELD}' or as the body."
@@ -139,43 +244,73 @@ async def read_upload(request: web.Request, max_bytes: int) -> Upload:
     return Upload(data=data, sha256=hashlib.sha256(data).hexdigest(), kind=kind)
 
 
-async def _read_stream(chunks: AsyncIterator[bytes], budget: _Budget) -> bytes:
+async def read_body(
+    request: web.Request, limits: ReadLimits, allowance: int, hold: Callable[[int], None] = _no_hold
+) -> bytes:
+    """A raw request body (not an upload form) under an upload's rules: every byte counted
+    against ``allowance`` (413), the upload deadline and pace (408), no compressed body (415)."""
+    refuse_content_encoding(request)
+    if request.content_length is not None and request.content_length > allowance:
+        raise _too_large(limits.max_bytes)
+    body = _MeteredBody(request.content, allowance, limits, hold)
+    try:
+        return await _read_all(body)
+    except (ClientPayloadError, HttpProcessingError, asyncio.IncompleteReadError) as exc:
+        raise BadRequest(f"The request body was cut short or malformed ({exc.__class__.__name__}).") from exc
+
+
+def refuse_content_encoding(request: web.Request) -> None:
+    """415 for a compressed request body: the gateway does not inflate (``auto_decompress`` is off).
+
+    Images are compressed already; inflating gzip, deflate or br bodies would let a
+    few kilobytes on the wire cost the gateway megabytes of parsing.
+    """
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"Compressed request bodies (Content-Encoding: {encoding[:20]}) are not accepted; "
+            "send the file as it is.",
+            headers={hdrs.ACCEPT_ENCODING: "identity"},
+        )
+
+
+async def _read_all(body: _MeteredBody) -> bytes:
     buffer = bytearray()
-    async for chunk in chunks:
-        budget.take(len(chunk))
+    while chunk := await body.read(CHUNK_SIZE):
         buffer += chunk
     return bytes(buffer)
 
 
-async def _read_multipart_file(request: web.Request, max_bytes: int) -> bytes:
+async def _read_multipart_file(request: web.Request, body: _MeteredBody, max_bytes: int) -> bytes:
     """The bytes of the one ``file`` part; other fields are read and dropped, all within one budget."""
     try:
-        reader = await request.multipart()
-    except (ValueError, AssertionError) as exc:
+        reader = MultipartReader(request.headers, body)  # type: ignore[arg-type]  # a StreamReader look-alike
+    except (ValueError, AssertionError, KeyError) as exc:
         raise BadRequest(f"The multipart body is malformed: {exc}") from exc
-    budget = _Budget(max_bytes + MULTIPART_OVERHEAD)
     file_data: bytes | None = None
-    while True:
+    for _ in range(MAX_PARTS + 1):
         try:
             part = await reader.next()
-        except ValueError as exc:
+        except (ValueError, AssertionError) as exc:
             raise BadRequest(f"The multipart body is malformed: {exc}") from exc
         if part is None:
             break
         if isinstance(part, MultipartReader):
             raise BadRequest("Nested multipart bodies are not accepted.")
         if part.name != FILE_FIELD:
-            await _read_stream(_part_chunks(part), budget)
+            async for _chunk in _part_chunks(part):
+                pass
             continue
         if file_data is not None:
             raise BadRequest(f"Send one file per request (found more than one '{FILE_FIELD}' field).")
-        file_budget = _Budget(max_bytes)
         data = bytearray()
         async for chunk in _part_chunks(part):
-            file_budget.take(len(chunk))
-            budget.take(len(chunk))
             data += chunk
+            if len(data) > max_bytes:
+                raise _too_large(max_bytes)
         file_data = bytes(data)
+    else:
+        raise BadRequest(f"The multipart body has more than {MAX_PARTS} parts.")
     if file_data is None:
         raise BadRequest(f"No file was uploaded: send the image in the form field '{FILE_FIELD}'.")
     return file_data
@@ -188,20 +323,89 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 
 
 class UploadStore:
-    """Uploads on disk, each stored once under its content address ``<sha256>.<ext>``."""
+    """Uploads on disk under their content address ``<sha256>.<ext>``, within a byte quota.
 
-    def __init__(self, root: Path) -> None:
+    Only images a worker decoded are saved (the caller's rule). Beyond ``quota_bytes``
+    the least recently used ones (saved, served or reported on) are deleted; their
+    ids are remembered (up to ``REMEMBER_EVICTED``) so that feedback on a page that
+    still shows one is accepted. The index lives in this process: gateways sharing
+    one folder each hold their own view (each keeps the folder within its quota).
+    """
+
+    def __init__(
+        self, root: Path, quota_bytes: int = 1024 * 1024 * 1024, metrics: GatewayMetrics | None = None
+    ) -> None:
         self.root = root
+        self._metrics = metrics
+        self.quota_bytes = quota_bytes
+        self.used_bytes = 0
+        self._sizes: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        self._evicted: OrderedDict[str, None] = OrderedDict()
+        self._scan()
 
-    async def save(self, upload: Upload) -> str:
-        """Store the upload unless an identical one is there; return its id."""
-        # A repeated image (every cache hit) costs one stat() on the loop, not a thread
-        # round trip (~0.1 ms and two wake-ups, ~15% of the gateway's CPU at 1,000 hits/s).
-        if not (self.root / upload.image_id).exists():
-            await asyncio.to_thread(self._save_sync, upload)
-        return upload.image_id
+    def _scan(self) -> None:
+        """Index what an earlier run left (oldest first), drop half-written files, apply the quota."""
+        if not self.root.is_dir():
+            return
+        found: list[tuple[float, str, int]] = []
+        for entry in os.scandir(self.root):
+            if entry.name.startswith(".incoming-"):
+                Path(entry.path).unlink(missing_ok=True)
+            elif upload_kind(entry.name) is not None and entry.is_file():
+                stat = entry.stat()
+                found.append((stat.st_mtime, entry.name, stat.st_size))
+        for _, name, size in sorted(found):
+            self._sizes[name] = size
+            self.used_bytes += size
+        for victim in self._make_room(0):
+            (self.root / victim).unlink(missing_ok=True)
 
-    def _save_sync(self, upload: Upload) -> None:
+    def _make_room(self, size: int) -> list[str]:
+        """Forget least recently used images until ``size`` more bytes fit; the ids to delete."""
+        victims: list[str] = []
+        while self._sizes and self.used_bytes + size > self.quota_bytes:
+            victim, victim_size = self._sizes.popitem(last=False)
+            self.used_bytes -= victim_size
+            self._remember_evicted(victim)
+            victims.append(victim)
+        if self._metrics is not None:
+            self._metrics.store_evictions.inc(len(victims))
+            self._metrics.store_bytes.set(self.used_bytes + size)
+        return victims
+
+    def _remember_evicted(self, image_id: str) -> None:
+        self._evicted[image_id] = None
+        self._evicted.move_to_end(image_id)
+        while len(self._evicted) > REMEMBER_EVICTED:
+            self._evicted.popitem(last=False)
+
+    async def save(self, upload: Upload) -> bool:
+        """Keep a decoded upload (within the quota); False when it could not be (too big, disk error)."""
+        image_id = upload.image_id
+        if image_id in self._sizes:
+            self._sizes.move_to_end(image_id)
+            return True
+        size = len(upload.data)
+        if size > self.quota_bytes:
+            log.warning("not storing %s: %d bytes is over the store's quota", image_id[:12], size)
+            return False
+        # The books are kept on the loop; the disk work (write, deletions) in a thread.
+        victims = self._make_room(size)
+        self._sizes[image_id] = size
+        self.used_bytes += size
+        self._evicted.pop(image_id, None)
+        try:
+            await asyncio.to_thread(self._save_sync, upload, victims)
+        except OSError as exc:
+            log.warning("could not store upload %s: %s", image_id[:12], exc)
+            if self._sizes.pop(image_id, None) is not None:
+                self.used_bytes -= size
+            return False
+        return True
+
+    def _save_sync(self, upload: Upload, victims: list[str]) -> None:
+        for victim in victims:  # first, so the folder never holds more than the quota
+            (self.root / victim).unlink(missing_ok=True)
         target = self.root / upload.image_id
         if target.exists():
             return
@@ -218,8 +422,16 @@ class UploadStore:
             raise
 
     def path_for(self, image_id: str) -> Path | None:
-        """The file of a stored upload, or None. The id is validated before the disk is touched."""
+        """The file of a stored upload (now the most recently used), or None. The id is validated first."""
         if upload_kind(image_id) is None:
             return None
         path = self.root / image_id
-        return path if path.is_file() else None
+        if not path.is_file():
+            return None
+        if image_id in self._sizes:
+            self._sizes.move_to_end(image_id)
+        return path
+
+    def was_stored(self, image_id: str) -> bool:
+        """Whether this id is stored now or was evicted lately (feedback on it is still welcome)."""
+        return image_id in self._evicted or self.path_for(image_id) is not None

@@ -16,16 +16,17 @@ from aiohttp import web
 from common.contract import MAX_TOP_K
 from gateway.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType, html_errors
 from gateway.feedback import FeedbackEntry
-from gateway.middleware import in_flight_bounded
-from gateway.pages import render_page
+from gateway.pages import STATIC_DIR, render_page
 from gateway.service import parse_top_k
 from gateway.state import GATEWAY
-from gateway.uploads import upload_kind
+from gateway.uploads import refuse_content_encoding, upload_kind
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 FEEDBACK_MAX_BYTES = 64 * 1024
 # Stored uploads never change (their name is their hash): let browsers keep them.
 IMMUTABLE = "public, max-age=31536000, immutable"
+# Shown in place of an upload the store has evicted (the page that linked it still works).
+EVICTED_PLACEHOLDER = STATIC_DIR / "evicted.svg"
 
 
 def _is_form(request: web.Request) -> bool:
@@ -38,14 +39,12 @@ async def index(request: web.Request) -> web.Response:
 
 
 @html_errors()
-@in_flight_bounded
 async def upload_page(request: web.Request) -> web.Response:
     """POST /: classify the form's upload and show the result on the page."""
     result = await request.app[GATEWAY].predictor.predict(request, top_k=MAX_TOP_K)
     return render_page(request, {"result": result})
 
 
-@in_flight_bounded
 async def predict(request: web.Request) -> web.Response:
     """POST /predict: multipart field ``file`` or a raw image body; ``?top_k=1..5``."""
     top_k = parse_top_k(request.query.get("top_k"))  # before the upload is read
@@ -62,7 +61,7 @@ async def feedback(request: web.Request) -> web.Response:
     entry = FeedbackEntry.parse(data, default_model_version=model.version if model else "")
     if upload_kind(entry.image) is None:
         raise BadRequest("'image' is not an image id from /predict (expected <sha256>.<ext>).")
-    if gateway.store.path_for(entry.image) is None:
+    if not gateway.store.was_stored(entry.image):  # evicted lately still counts: the page showed it
         raise NotFound("No uploaded image has this id.")
     await gateway.feedback.record(entry)
     gateway.metrics.feedback_rows.inc()
@@ -74,8 +73,12 @@ async def feedback(request: web.Request) -> web.Response:
 async def _feedback_data(request: web.Request) -> Mapping[str, Any]:
     if request.content_length is not None and request.content_length > FEEDBACK_MAX_BYTES:
         raise PayloadTooLarge("The feedback is too large.")
+    refuse_content_encoding(request)
     if _is_form(request):
-        return await request.post()
+        try:
+            return await request.post()
+        except ValueError as exc:  # e.g. multipart without a boundary: the client's fault, not ours
+            raise BadRequest(f"The form body is malformed: {exc}") from None
     if request.content_type == "application/json":
         try:
             data = json.loads(await request.text())
@@ -92,6 +95,9 @@ async def uploaded_image(request: web.Request) -> web.StreamResponse:
     image_id = request.match_info["image_id"]
     kind = upload_kind(image_id)  # validated before the disk is touched
     path = request.app[GATEWAY].store.path_for(image_id) if kind else None
+    if kind is not None and path is None and _wants_image(request):
+        # Evicted from the store (or never kept): the page's <img> gets a placeholder, not a broken icon.
+        return web.FileResponse(EVICTED_PLACEHOLDER, status=404, headers={"Cache-Control": "no-store"})
     if kind is None or path is None:
         raise NotFound("No uploaded image has this id.")
     return web.FileResponse(
@@ -104,6 +110,12 @@ async def uploaded_image(request: web.Request) -> web.StreamResponse:
     )
 
 
+def _wants_image(request: web.Request) -> bool:
+    """A browser's <img> request (it accepts images), not an API client asking for JSON."""
+    accept = request.headers.get("Accept", "")
+    return "image/" in accept and "application/json" not in accept
+
+
 async def live(request: web.Request) -> web.Response:
     """GET /health/live: the event loop answers."""
     return web.json_response({"status": "alive"})
@@ -112,8 +124,9 @@ async def live(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """GET /health/ready: 200 when the broker is connected and the request queue has a consumer."""
     gateway = request.app[GATEWAY]
-    consumers = None if gateway.shutting_down else await gateway.rpc.consumer_count()
-    redis_up = await gateway.cache.ping()
+    probe = await gateway.readiness.check()  # cached a moment: a flood of probes never reaches the broker
+    consumers = None if gateway.shutting_down else probe.consumers
+    redis_up = probe.redis_up
     is_ready = not gateway.shutting_down and gateway.rpc.connected and (consumers or 0) >= 1
     body = {
         "ready": is_ready,

@@ -2,12 +2,16 @@
 # Debian packages the test suite drives for real:
 #   chromium        the browser tests (through Playwright; never `playwright install`)
 #   docker-compose  validates docker-compose.yml offline (`docker-compose config -q`)
+#   qemu-user       runs the int8 model as an AVX2 CPU without VNNI would (qemu-x86_64 -cpu Haswell)
+#   kubectl         renders deploy/k8s offline (`kubectl kustomize`); Debian's kubernetes-client
 set -euo pipefail
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+command -v qemu-x86_64 >/dev/null || missing+=(qemu-user)
+command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "[packages] chromium and docker-compose present"
+  echo "[packages] chromium, docker-compose, qemu-user and kubectl present"
   exit 0
 fi
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

@@ -93,6 +93,30 @@ def lite0_int8_model() -> Path:
     return _ensure_lite0(int8=True)
 
 
+@pytest.fixture(scope="session")
+def labelled_dir() -> Path:
+    """The workplace's labelled ImageNet sample (never copied into the repo: its README)."""
+    from converter import labelled
+
+    found = labelled.default_dir()
+    if found is None or not found.is_dir():
+        pytest.fail(
+            f"the labelled photos are absent ({labelled.DEFAULT_LABELLED_DIR}, or set "
+            f"${labelled.LABELLED_DIR_ENV}): the int8 accuracy tests cannot run without them",
+            pytrace=False,
+        )
+    return found
+
+
+@pytest.fixture(scope="session")
+def labelled_subset(labelled_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 of the labelled photos (links), for checks that need labels but not accuracy."""
+    subset = tmp_path_factory.mktemp("labelled10")
+    for photo in sorted(labelled_dir.glob("*.JPEG"))[::25][:10]:
+        (subset / photo.name).symlink_to(photo)
+    return subset
+
+
 @pytest.fixture
 def empty_cache(redis_url: str) -> str:
     """The test Redis database, emptied."""

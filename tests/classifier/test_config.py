@@ -33,7 +33,7 @@ def test_impossible_values_are_refused(argv, capsys):
 
 
 def test_the_worker_imports_no_web_server_and_no_training_framework():
-    """DESIGN.md: the classifier never imports TF, torch or aiohttp's web server."""
+    """docs/DESIGN.md: the classifier never imports TF, torch or aiohttp's web server."""
     code = (
         "import sys, classifier.__main__, classifier.worker\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'tensorflow', 'torch', 'keras', 'aiohttp'})\n"

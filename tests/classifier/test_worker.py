@@ -1,7 +1,7 @@
 """The real worker (`python -m classifier`, a subprocess) against the real RabbitMQ and Redis.
 
 This test plays the gateway: it publishes jobs to the request queue with its
-own reply queue, as DESIGN.md's contract says, and checks replies, the Redis
+own reply queue, as docs/DESIGN.md's contract says, and checks replies, the Redis
 cache, acknowledgements, the dead-letter queue, metrics and shutdown.
 """
 

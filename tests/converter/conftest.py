@@ -78,7 +78,19 @@ class Converted:
 
 @pytest.fixture(scope="session")
 def lite0(tmp_path_factory) -> Converted:
-    """``efficientnet-lite0 --int8``: the offline model, fp32 and int8."""
+    """``efficientnet-lite0 --int8``: the offline model, fp32 and int8, converted once per run.
+
+    `make models` (part of `make test`) converts it into models/ and keeps the run's stdout
+    in models/efficientnet-lite0.convert.log: these tests check that run rather than
+    converting again. Without that log (pytest run by hand), convert into a temporary folder.
+    """
+    models = Path(os.environ.get("TEST_MODELS_DIR", REPO / "models"))
+    log = models / "efficientnet-lite0.convert.log"
+    fp32, int8 = models / "efficientnet-lite0.onnx", models / "efficientnet-lite0-int8.onnx"
+    if log.is_file() and fp32.is_file() and int8.is_file():
+        run = Run(0, log.read_text(), "")
+        if (REPO / run.value("MODEL_PATH")).resolve() == fp32.resolve():
+            return Converted(fp32, run, int8)
     out = tmp_path_factory.mktemp("lite0") / "efficientnet-lite0.onnx"
     run = ok(run_cli("efficientnet-lite0", "--int8", "--output", out, "--threads", THREADS))
     return Converted(out, run, out.with_name("efficientnet-lite0-int8.onnx"))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
-from tests.converter.conftest import run_cli
+from tests.converter.conftest import REPO, Run, run_cli
 
 
 def _assert_clean_failure(run, out_dir, *expect: str) -> None:
@@ -75,33 +80,55 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def bad_input_runs(tiny_models, tmp_path_factory) -> dict[str, tuple[Run, object]]:
+    """Every case, run in one process (tests/converter/run_cases.py): TensorFlow loads once."""
+    base = tmp_path_factory.mktemp("bad_input")
+    outs = {case: base / f"out{i}" for i, case in enumerate(CASES)}
+    argvs = [
+        [a.format(d=tiny_models) for a in args] + ["--out-dir", str(outs[case])]
+        for case, (args, _) in CASES.items()
+    ]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    env.pop("CONVERTER_DEBUG", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.converter.run_cases"],
+        input=json.dumps(argvs), cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    return {
+        case: (Run(r["returncode"], r["stdout"], r["stderr"]), outs[case])
+        for case, r in zip(CASES, results, strict=True)
+    }
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_fails_in_one_line(tiny_models, tmp_path, case):
+def test_bad_input_fails_in_one_line(bad_input_runs, case):
+    run, out = bad_input_runs[case]
+    _assert_clean_failure(run, out, *CASES[case][1])
+
+
+def test_one_process_runner_reports_what_a_real_run_does(bad_input_runs, tiny_models, tmp_path):
+    """The batch runner is only a shortcut if it sees what separate runs see: compare one case."""
+    case = "labels length mismatch"
     args, expect = CASES[case]
     out = tmp_path / "out"
-    run = run_cli(*[a.format(d=tiny_models) for a in args], "--out-dir", out)
-    _assert_clean_failure(run, out, *expect)
+    alone = run_cli(*[a.format(d=tiny_models) for a in args], "--out-dir", out)
+    _assert_clean_failure(alone, out, *expect)
+    batched, _ = bad_input_runs[case]
+    assert (alone.returncode, alone.error_lines) == (batched.returncode, batched.error_lines)
 
 
-@pytest.mark.slow
-def test_int8_below_min_agreement_fails_and_writes_nothing(lite0, tmp_path):
+def test_int8_below_the_gate_fails_and_writes_nothing(lite0_model, labelled_subset, tmp_path):
+    """A gate nothing can pass (agreement 1.0 and no top-1 loss) on 10 labelled photos: exit 4."""
     out = tmp_path / "out" / "x-int8.onnx"
     run = run_cli(
-        "quantize",
-        lite0.path,
-        "--output",
-        out,
-        "--calibration-count",
-        "16",
-        "--agreement-count",
-        "64",
-        "--min-agreement",
-        "1.0",
-        "--decisive-margin",
-        "0",
+        "quantize", lite0_model, "--output", out, "--labelled", labelled_subset,
+        "--min-agreement", "1.0", "--max-top1-drop", "-100", "--threads", "2",
     )
-    assert run.returncode == 4
-    _assert_clean_failure(run, out.parent, "int8 top-1 agreement", "below --min-agreement 1.0")
+    assert run.returncode == 4, run.stdout + run.stderr
+    _assert_clean_failure(run, out.parent, "int8 top-1", "points below fp32", "--max-top1-drop -100")
 
 
 def test_usage_error_is_argparse_style():

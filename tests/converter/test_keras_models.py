@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -133,5 +135,11 @@ def test_keras_int8(tiny_models, tmp_path):
     )  # a random 5-class model is never decisive
     int8 = tmp_path / "q-int8.onnx"
     assert run.value("INT8_MODEL_PATH") == str(int8)
+    # ImageNet's labelled photos say nothing of a 5-class model: the run says so, and what it gated.
+    assert re.search(
+        r"accuracy: +labelled top-1 NOT MEASURED: the labelled folder is ImageNet-1k's; this model has "
+        r"5 classes; gated instead: int8 top-1 = fp32 top-1 on \d+/200",
+        run.stdout,
+    ), run.stdout
     meta = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(int8)).metadata_props})
     assert meta.name == "logits-int8" and meta.labels == ["ant", "bee", "cat", "dog", "eel"]

@@ -83,9 +83,21 @@ def run_compose_config(env_file: Path, extra_env: dict[str, str] | None = None,
     )
 
 
-def compose_config(tmp_path: Path, env_file_text: str = "", **extra_env: str) -> dict[str, Any]:
+# The passwords Compose requires (no defaults); tests that want one missing say so.
+SECRETS = {
+    "RABBITMQ_PASSWORD": "rabbit-test-pw",
+    "REDIS_WORKER_PASSWORD": "worker-test-pw",
+    "REDIS_GATEWAY_PASSWORD": "gateway-test-pw",
+}
+SECRETS_TEXT = "".join(f"{k}={v}\n" for k, v in SECRETS.items())
+
+
+def compose_config(tmp_path: Path, env_file_text: str = "", *, required_env: bool = True,
+                   **extra_env: str) -> dict[str, Any]:
+    """The resolved configuration; ``required_env`` puts the required passwords first in the env
+    file (a line of ``env_file_text`` for the same variable wins)."""
     env_file = tmp_path / f"compose-{len(list(tmp_path.glob('compose-*.env')))}.env"
-    env_file.write_text(env_file_text)
+    env_file.write_text((SECRETS_TEXT if required_env else "") + env_file_text)
     result = run_compose_config(env_file, extra_env)
     assert result.returncode == 0, f"compose config failed:\n{result.stderr}"
     return yaml.safe_load(result.stdout)

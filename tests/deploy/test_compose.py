@@ -1,4 +1,5 @@
-"""docker-compose.yml as Compose itself resolves it (`config`), with no .env: the defaults."""
+"""docker-compose.yml as Compose itself resolves it (`config`): the defaults, given only the
+three passwords it requires."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from tests.deploy.conftest import (
     BUILT,
     ENV_EXAMPLE,
     LONG_RUNNING,
+    SECRETS,
+    SECRETS_TEXT,
     SERVICES,
     compose_command,
     compose_config,
@@ -42,12 +45,30 @@ def services(config: dict[str, Any]) -> dict[str, Any]:
     return config["services"]
 
 
-def test_config_is_valid_without_any_env_file(tmp_path: Path) -> None:
-    empty = tmp_path / "empty.env"
-    empty.write_text("")
-    result = run_compose_config(empty, None, "-q")
+def test_config_is_valid_with_only_the_passwords_set(tmp_path: Path) -> None:
+    env_file = tmp_path / "secrets.env"
+    env_file.write_text(SECRETS_TEXT)
+    result = run_compose_config(env_file, None, "-q")
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stderr, result.stderr  # e.g. an unset variable without default
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+@pytest.mark.parametrize("how", ["unset", "empty"])
+def test_config_fails_clearly_without_a_password(tmp_path: Path, missing: str, how: str) -> None:
+    env_file = tmp_path / "partial.env"
+    env_file.write_text("".join(
+        f"{k}={'' if k == missing else v}\n" for k, v in SECRETS.items() if how == "empty" or k != missing
+    ))
+    result = run_compose_config(env_file, None, "-q")
+    assert result.returncode != 0, f"compose accepted a stack without {missing}"
+    assert f"set {missing} in .env (see .env.example)" in result.stderr, result.stderr
+
+
+def test_env_example_alone_does_not_start_anything(tmp_path: Path) -> None:
+    """Copied unedited, .env.example names the passwords but sets none: Compose refuses."""
+    result = run_compose_config(ENV_EXAMPLE, None, "-q")
+    assert result.returncode != 0 and "(see .env.example)" in result.stderr, result.stderr
 
 
 def test_the_five_services(services: dict[str, Any]) -> None:
@@ -67,14 +88,14 @@ def test_the_cluster_profile_is_three_clustered_rabbitmq_nodes(
         conf = [m for m in mounts(node) if m.target == "/etc/rabbitmq/conf.d/20-cluster.conf"]
         assert conf and conf[0].read_only and "classic_config" in Path(conf[0].source).read_text(), name
         env = environment(node)
-        assert env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"] == env["RABBITMQ_CTL_ERL_ARGS"], name
-        cookies.add(env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"])
+        assert env["RABBITMQ_CTL_ERL_ARGS"] in env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"], name
+        cookies.add(env["RABBITMQ_CTL_ERL_ARGS"])
     assert len(cookies) == 1 and next(iter(cookies)).startswith("-setcookie "), cookies
     for name in ("rabbitmq-2", "rabbitmq-3"):  # they join rabbitmq-1 once it runs
         assert depends_on(nodes[name]) == {"rabbitmq-1": "service_healthy"}
     # The override file points the gateway and the workers at all three.
-    env_file = tmp_path / "empty.env"
-    env_file.write_text("")
+    env_file = tmp_path / "secrets.env"
+    env_file.write_text(SECRETS_TEXT)
     result = subprocess.run(
         [*compose_command(), "--env-file", str(env_file), "-f", "docker-compose.yml",
          "-f", "docker-compose.cluster.yml", "--profile", "cluster", "config"],
@@ -167,11 +188,10 @@ def test_gateway_keeps_uploads_and_feedback_in_named_volumes(config: dict[str, A
 def test_services_use_a_broker_user_other_than_guest(services: dict[str, Any], tmp_path: Path) -> None:
     broker = environment(services["rabbitmq"])
     user, password = broker["RABBITMQ_DEFAULT_USER"], broker["RABBITMQ_DEFAULT_PASS"]
-    assert user != "guest" and password
+    assert user != "guest" and password == SECRETS["RABBITMQ_PASSWORD"]
     for name in ("gateway", "classifier"):
         url = urlsplit(environment(services[name])["RABBITMQ_URL"])
         assert (url.username, url.password, url.hostname, url.port) == (user, password, "rabbitmq", 5672)
-        assert urlsplit(environment(services[name])["REDIS_URL"]).hostname == "redis"
     custom = compose_config(tmp_path, "RABBITMQ_USER=alice\nRABBITMQ_PASSWORD=s3cret\n")["services"]
     assert environment(custom["rabbitmq"])["RABBITMQ_DEFAULT_USER"] == "alice"
     assert urlsplit(environment(custom["classifier"])["RABBITMQ_URL"]).password == "s3cret"
@@ -179,9 +199,27 @@ def test_services_use_a_broker_user_other_than_guest(services: dict[str, Any], t
 
 def test_gateway_and_workers_declare_the_same_queue(services: dict[str, Any]) -> None:
     gateway, classifier = environment(services["gateway"]), environment(services["classifier"])
-    for var in ("RABBITMQ_URL", "REDIS_URL", "QUEUE_NAME", "QUEUE_MAX_LENGTH", "DELIVERY_LIMIT",
-                "QUORUM_GROUP_SIZE", "CACHE_TTL_S"):
+    for var in ("RABBITMQ_URL", "QUEUE_NAME", "QUEUE_MAX_LENGTH", "DELIVERY_LIMIT", "QUORUM_GROUP_SIZE",
+                "CACHE_TTL_S"):
         assert var in gateway and gateway[var] == classifier.get(var), var
+
+
+def test_gateway_and_workers_log_in_to_the_same_redis_as_different_users(services: dict[str, Any]) -> None:
+    gateway = urlsplit(environment(services["gateway"])["REDIS_URL"])
+    worker = urlsplit(environment(services["classifier"])["REDIS_URL"])
+    assert (gateway.hostname, gateway.port, gateway.path) == (worker.hostname, worker.port, worker.path)
+    assert (gateway.hostname, gateway.port) == ("redis", 6379)
+    assert (gateway.username, gateway.password) == ("gateway", SECRETS["REDIS_GATEWAY_PASSWORD"])
+    assert (worker.username, worker.password) == ("worker", SECRETS["REDIS_WORKER_PASSWORD"])
+
+
+def test_redis_never_runs_open(services: dict[str, Any]) -> None:
+    command = [str(part) for part in services["redis"]["command"]]
+    assert "--protected-mode" not in command
+    # The default (password-less) user is switched off and stripped of every right.
+    at = command.index("default")
+    assert command[at - 1] == "--user" and command[at + 1: at + 4] == ["off", "resetpass", "-@all"]
+    assert "--maxmemory" in command and "allkeys-lru" in command
 
 
 def test_every_setting_reaches_a_service(services: dict[str, Any]) -> None:
@@ -219,13 +257,22 @@ def test_env_example_documents_every_variable_of_the_compose_file() -> None:
 
 
 def test_env_example_values_are_the_defaults(config: dict[str, Any], tmp_path: Path) -> None:
-    """Copying .env.example to .env changes nothing: what it shows is what runs without it."""
-    assert compose_config(tmp_path, ENV_EXAMPLE.read_text()) == config
+    """Copying .env.example to .env (and setting its passwords) changes nothing: what it
+    shows is what runs without it."""
+    assert compose_config(tmp_path, ENV_EXAMPLE.read_text() + SECRETS_TEXT, required_env=False) == config
 
 
 def test_no_variable_lacks_a_default() -> None:
     bare = [v for text in compose_strings() for v in re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)]
     assert not bare, f"variables without a default: {bare}"
+
+
+def test_only_passwords_are_required_and_none_has_a_default() -> None:
+    """A password either must be set (${VAR:?...}) or is not a variable; never a fallback."""
+    required = {v for text in compose_strings() for v in re.findall(r"\$\{([A-Za-z_]\w*):\?", text)}
+    assert required == set(SECRETS)
+    with_default = {v for text in compose_strings() for v in re.findall(r"\$\{([A-Za-z_]\w*):?-", text)}
+    assert not {v for v in with_default if "PASSWORD" in v}, with_default
 
 
 # --- the converter's one-shot script, run with a stand-in for python --------------------
@@ -296,3 +343,49 @@ def test_converter_fails_when_the_model_file_is_not_written(tmp_path: Path) -> N
     result, _, calls = run_converter_script(tmp_path, "resnet50", fail=True)
     assert result.returncode != 0 and len(calls) == 1
     assert "did not write" in result.stderr
+
+
+# --- memory limits -----------------------------------------------------------------------
+
+def memory_bytes(value: object) -> int:
+    """A Compose memory size (bytes, or 512m / 1g / 1536M as v1 prints it) in bytes."""
+    text = str(value).strip().lower().rstrip("b")
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(text)
+
+
+# Peak RSS measured under 16 clients with EfficientNet-Lite0 (README, "Memory limits"):
+# the model and onnxruntime; ResNet50's weights (98 MB) and activations come on top.
+WORKER_BASELINE_MIB = 260
+RESNET50_EXTRA_MIB = 300
+
+
+def test_every_long_running_service_has_a_memory_limit(services: dict[str, Any]) -> None:
+    for name in LONG_RUNNING:
+        assert memory_bytes(services[name].get("mem_limit", 0)) > 0, f"{name} has no memory limit"
+
+
+def test_a_worker_can_afford_its_worst_decodes(services: dict[str, Any]) -> None:
+    from classifier.worker import DECODE_THREADS
+    from tests.classifier.test_decode_cost import DECODE_PEAK_BUDGET_MIB
+
+    needed = WORKER_BASELINE_MIB + RESNET50_EXTRA_MIB + DECODE_THREADS * DECODE_PEAK_BUDGET_MIB
+    assert memory_bytes(services["classifier"]["mem_limit"]) >= needed * 2**20
+
+
+def test_rabbitmq_knows_its_memory_limit(services: dict[str, Any], tmp_path: Path) -> None:
+    """Told its container's limit, RabbitMQ raises its memory alarm (blocking publishers: 503s)
+    at 40 % of it; unaware of it, it would count the host's memory and be killed instead."""
+    for config in (services, compose_config(tmp_path, "RABBITMQ_MEMORY_BYTES=2147483648\n")["services"]):
+        broker = config["rabbitmq"]
+        args = environment(broker)["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"].split()
+        assert args[:2] == ["-rabbit", "total_memory_available_override_value"]
+        assert int(args[2]) == memory_bytes(broker["mem_limit"])
+
+
+def test_redis_cache_fits_its_container(services: dict[str, Any]) -> None:
+    command = [str(part) for part in services["redis"]["command"]]
+    maxmemory = memory_bytes(command[command.index("--maxmemory") + 1])
+    assert 0 < maxmemory < memory_bytes(services["redis"]["mem_limit"])

@@ -21,7 +21,7 @@ from tests.deploy.conftest import (
 )
 
 DOCKERFILES = {name: REPO / name / "Dockerfile" for name in sorted(BUILT)}
-# Packages that must never be in the gateway or classifier images (DESIGN.md).
+# Packages that must never be in the gateway or classifier images (docs/DESIGN.md).
 HEAVY = re.compile(r"^(tensorflow.*|tf-.*|tf2onnx|keras.*|torch.*|jax.*|efficientnet.*)$")
 SERVICE_REQUIREMENTS = {"gateway": "gateway.txt", "classifier": "classifier.txt", "converter": "converter.txt"}
 

@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestClient
 
 import gateway as gateway_module
 from common.contract import ModelInfo
+from gateway.readiness import READY_TTL_S
 from gateway.state import GATEWAY
 from tests.gateway.conftest import TEST_TIMEOUT_S, TEST_UPLOAD_MB, make_reply
 
@@ -476,6 +477,8 @@ async def test_readiness_needs_a_consumer(
         channel = await connection.channel()
         queue = await channel.get_queue(queue_name)
         await queue.consume(_ignore)
+        # The answer is reused for READY_TTL_S (a flood of probes never reaches the broker).
+        await asyncio.sleep(READY_TTL_S)
         response = await gateway_client.get("/health/ready")
         body = await response.json()
         assert response.status == 200, body
@@ -511,4 +514,3 @@ async def test_metrics_are_prometheus_text(gateway_client: TestClient) -> None:
 
 async def _ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
     """A consumer that takes nothing away (it never acks): it only has to exist."""
-

@@ -16,7 +16,9 @@ from gateway.uploads import (
     JPEG,
     PNG,
     TIFF,
+    UPLOAD_GRACE_S,
     WEBP,
+    ReadLimits,
     Upload,
     UploadStore,
     sniff_image_type,
@@ -115,8 +117,8 @@ async def test_store_is_content_addressed_and_leaves_no_temp_files(tmp_path: Pat
     store = UploadStore(tmp_path / "uploads")
     upload = _upload(photos["coffee"].read_bytes())
     # Concurrent saves of the same content end with one whole file.
-    ids = await asyncio.gather(*(store.save(upload) for _ in range(8)))
-    assert set(ids) == {upload.image_id}
+    saved = await asyncio.gather(*(store.save(upload) for _ in range(8)))
+    assert all(saved)
     files = list((tmp_path / "uploads").iterdir())
     assert [f.name for f in files] == [upload.image_id]
     assert files[0].read_bytes() == upload.data
@@ -130,3 +132,36 @@ async def test_store_refuses_to_resolve_malformed_or_missing_ids(tmp_path: Path)
     store = UploadStore(root)
     assert store.path_for("../secret.jpg") is None
     assert store.path_for(f"{SHA}.jpg") is None  # well formed, but not stored
+
+
+async def test_store_keeps_its_quota_evicting_the_least_recently_used(tmp_path: Path) -> None:
+    root = tmp_path / "uploads"
+    uploads = [_upload(b"\xff\xd8\xff" + bytes([i]) * 997) for i in range(30)]  # 1,000 bytes each
+    store = UploadStore(root, quota_bytes=10_000)
+    for upload in uploads[:10]:
+        assert await store.save(upload)
+    assert store.path_for(uploads[0].image_id) is not None  # used again: now the most recent
+    for upload in uploads[10:19]:  # nine more: the nine not used since are evicted, not the first
+        assert await store.save(upload)
+        assert sum(f.stat().st_size for f in root.iterdir()) <= 10_000
+    kept = {f.name for f in root.iterdir()}
+    assert kept == {u.image_id for u in uploads[10:19]} | {uploads[0].image_id}
+    for upload in uploads[19:]:
+        assert await store.save(upload)
+    assert {f.name for f in root.iterdir()} == {u.image_id for u in uploads[20:]}
+    # Evicted ids are still known (feedback on a page that showed one is accepted); unknown ones are not.
+    assert store.was_stored(uploads[1].image_id) and store.path_for(uploads[1].image_id) is None
+    assert not store.was_stored(f"{SHA}.jpg")
+    # A restart indexes what is there and keeps within a smaller quota.
+    smaller = UploadStore(root, quota_bytes=5_000)
+    assert smaller.used_bytes <= 5_000 and len(list(root.iterdir())) == 5
+    assert not await smaller.save(_upload(b"\xff\xd8\xff" + bytes(6_000)))  # over the whole quota
+
+
+def test_the_read_deadline_is_the_sooner_of_the_total_and_the_pace() -> None:
+    limits = ReadLimits(max_bytes=10 * 1024 * 1024, timeout_s=60.0, min_rate=16 * 1024)
+    # Nothing yet: the grace period; then each 16 KiB buys a second more, up to the total deadline.
+    assert limits.deadline(100.0, 0) == 100.0 + UPLOAD_GRACE_S
+    assert limits.deadline(100.0, 16 * 1024 * 10) == 100.0 + UPLOAD_GRACE_S + 10
+    assert limits.deadline(100.0, 10 * 1024 * 1024) == 160.0
+    assert ReadLimits(max_bytes=1, timeout_s=3.0, min_rate=0).deadline(0.0, 0) == 3.0

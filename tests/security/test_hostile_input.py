@@ -2,7 +2,7 @@
 
 Each case has its expected status; none may be a 5xx, and the last test checks
 that the worker process that started the module is still the one running.
-Statuses, as DESIGN.md says: 400 no/empty file or bad form, 413 over a size
+Statuses, as docs/DESIGN.md says: 400 no/empty file or bad form, 413 over a size
 limit, 415 not an accepted image type (judged by content), 422 cannot be
 decoded, including images over MAX_PIXELS (a decompression bomb is refused from
 its header: the same 422 whether the gateway or the worker sees it).
