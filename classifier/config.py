@@ -6,8 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.broker import broker_addresses
-from common.settings import Settings
+from common.settings import Settings, broker_addresses
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:

@@ -21,6 +21,8 @@ from aio_pika import RobustConnection
 from aio_pika.abc import AbstractRobustConnection
 from yarl import URL
 
+from common.settings import redact
+
 log = logging.getLogger(__name__)
 
 # Bound on one connection attempt (TCP + AMQP handshake) to one node.
@@ -29,23 +31,6 @@ CONNECT_TIMEOUT_S = 5.0
 CONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 # Pause before each reconnection attempt once a connection stood (aio-pika's reconnect_interval).
 RECONNECT_INTERVAL_S = 1.0
-
-
-def broker_addresses(rabbitmq_url: str) -> list[str]:
-    """The AMQP addresses in ``RABBITMQ_URL``: one, or several separated by commas."""
-    addresses = [part.strip() for part in rabbitmq_url.split(",") if part.strip()]
-    if not addresses:
-        raise ValueError("RABBITMQ_URL holds no address")
-    for address in addresses:
-        if URL(address).scheme not in ("amqp", "amqps"):
-            raise ValueError(f"RABBITMQ_URL: {redact(address)!r} is not an amqp:// or amqps:// address")
-    return addresses
-
-
-def redact(address: str | URL) -> str:
-    """The address without its password, for logs."""
-    url = URL(address)
-    return str(url.with_password("******")) if url.password else str(url)
 
 
 def backoff_delay(attempt: int, table: Sequence[float] = CONNECT_BACKOFF_S) -> float:
@@ -92,7 +77,7 @@ class FailoverConnection(RobustConnection):
             and len(self._addresses) > 1
         ):
             self._current = (self._current + 1) % len(self._addresses)
-            log.info("RabbitMQ connection lost; trying the next node, %s", redact(self.url))
+            log.info("RabbitMQ connection lost; trying the next node, %s", redact(str(self.url)))
         self._failover_transport = value
 
 
@@ -132,7 +117,7 @@ async def connect_until_up(
                 )
                 await _close_quietly(connection)
                 continue
-            log.info("connected to RabbitMQ at %s", redact(connection.url))
+            log.info("connected to RabbitMQ at %s", redact(str(connection.url)))
             return connection
         delay = backoff_delay(attempt)
         attempt += 1

@@ -10,9 +10,29 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
-from common.broker import broker_addresses
 from common.contract import DEFAULT_QUEUE
+
+
+def broker_addresses(rabbitmq_url: str) -> list[str]:
+    """The AMQP addresses in ``RABBITMQ_URL``: one, or the nodes of one cluster separated by commas."""
+    addresses = [part.strip() for part in rabbitmq_url.split(",") if part.strip()]
+    if not addresses:
+        raise ValueError("RABBITMQ_URL holds no address")
+    for address in addresses:
+        if urlsplit(address).scheme not in ("amqp", "amqps"):
+            raise ValueError(f"RABBITMQ_URL: {redact(address)!r} is not an amqp:// or amqps:// address")
+    return addresses
+
+
+def redact(address: str) -> str:
+    """The address without its password, for logs."""
+    parts = urlsplit(address)
+    if not parts.password:
+        return address
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:******@{host}"))
 
 
 @dataclass(frozen=True, slots=True)

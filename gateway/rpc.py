@@ -22,9 +22,9 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 
-from common.broker import connect_until_up, redact
+from common.broker import connect_until_up
 from common.contract import ContractError, JobHeaders, Reply, parse_reply
-from common.settings import Settings
+from common.settings import Settings, redact
 from common.topology import declare_request_queue, request_queue_arguments
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class RpcClient:
     def _on_reconnected(self, connection: Any, *_: Any) -> None:
         log.info(
             "reconnected to RabbitMQ at %s; reply queue %r declared again",
-            redact(connection.url),
+            redact(str(connection.url)),
             self.reply_queue,
         )
 

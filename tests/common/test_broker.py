@@ -8,8 +8,8 @@ import uuid
 import aio_pika
 import pytest
 
-from common.broker import RECONNECT_INTERVAL_S, backoff_delay, broker_addresses, connect_until_up, redact
-from common.settings import Settings
+from common.broker import RECONNECT_INTERVAL_S, backoff_delay, connect_until_up
+from common.settings import Settings, broker_addresses, redact
 from tests.support import rabbitmq_api
 from tests.support.processes import free_port
 
