@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 PUBLISH_CONFIRM_TIMEOUT_S = 5.0
 # Bound on one readiness probe round trip.
 PROBE_TIMEOUT_S = 2.0
+# A queue found full is taken as full for this long: under overload, nacks cost no probe each.
+FULL_VERDICT_S = 1.0
 # Room for a job's properties and headers on top of its body within the broker's max_message_size.
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
@@ -82,6 +85,7 @@ class RpcClient:
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._connect_task: asyncio.Task[None] | None = None
         self._dropping: asyncio.Task[Any] | None = None
+        self._found_full_at = float("-inf")
         self._ready = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------
@@ -248,6 +252,8 @@ class RpcClient:
         queue had no leader (a node of the cluster just died): it then nacks every publish for good.
         The queue's depth tells the two apart; a stuck channel goes, with its connection."""
         assert self._channel is not None
+        if time.monotonic() - self._found_full_at < FULL_VERDICT_S:
+            return False
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 underlay = await self._channel.get_underlay_channel()
@@ -259,6 +265,7 @@ class RpcClient:
         except (TimeoutError, *CONNECTION_EXCEPTIONS):
             return False
         if (ok.message_count or 0) >= self.settings.queue_max_length // 2:
+            self._found_full_at = time.monotonic()
             return False
         self._reconnect_soon(
             f"RabbitMQ nacked a job although queue {self.settings.queue_name!r} holds "
