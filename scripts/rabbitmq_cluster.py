@@ -20,6 +20,7 @@ Standard library only; it must run as root (or as the rabbitmq user).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -223,6 +224,8 @@ def stop(nodes: list[Node]) -> None:
 
     with ThreadPoolExecutor(len(nodes)) as pool:
         list(pool.map(stop_one, nodes))
+    with contextlib.suppress(OSError):  # the cluster's folder, once empty
+        nodes[0].base.parent.rmdir()
     say("stopped; data removed")
 
 
