@@ -54,8 +54,8 @@ _HTTP_MESSAGES = {
 def in_flight_bounded(handler: _H) -> _H:
     """Mark a handler that counts against MAX_IN_FLIGHT for its whole run.
 
-    The upload routes do not use it: their predictor takes a receiving slot while
-    the body arrives and a MAX_IN_FLIGHT slot only once it is in (gateway.admission).
+    The upload routes do not use it: they take a receiving slot while the body arrives
+    (gateway.receive) and a MAX_IN_FLIGHT slot only once it is in (gateway.admission).
     """
     setattr(handler, _BOUNDED_ATTR, True)
     return handler
