@@ -44,7 +44,7 @@ def agreement(fp32: Path, int8: Path, bodies: list[bytes], threads: int, margin:
         "agreement_decisive": float(same[decisive].mean()) if decisive.any() else float("nan"),
         "margin": margin,
         "top5_overlap": float(top5),
-        "fp32_distinct_top1": int(len(set(top_a.tolist()))),
+        "fp32_distinct_top1": len(set(top_a.tolist())),
         "max_abs_prob_diff": float(np.abs(pa - pb).max()),
     }
 

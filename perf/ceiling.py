@@ -29,6 +29,7 @@ from classifier.preprocess import Preprocessor, configure_pillow
 from common.settings import Settings
 from perf import photos
 from perf.paths import REPO_ROOT
+from perf.results import CeilingRun
 from perf.stats import machine_busy_seconds, percentile
 
 
@@ -104,7 +105,7 @@ SLACK_S = 3.0  # per batch size: warm-up of the next configuration before its co
 def run_layout(
     model_path: Path, photo_dir: Path, *, processes: int, threads: int, batches: list[int], seconds: float,
     count: int,
-) -> list[dict[str, object]]:
+) -> list[CeilingRun]:
     """Run ``processes`` copies of this module at once, each trying every batch size in turn
     (in step, from common start times); the summed images/s per batch size."""
     start_at = time.time() + 4.0 + 1.5 * processes  # room for interpreter start and model load
@@ -115,7 +116,7 @@ def run_layout(
     ]
     busy0, t0 = machine_busy_seconds(), time.monotonic()
     procs = [
-        subprocess.Popen(cmd + ["--offset", str(i * count // processes)], cwd=REPO_ROOT,
+        subprocess.Popen([*cmd, "--offset", str(i * count // processes)], cwd=REPO_ROOT,
                          stdout=subprocess.PIPE, text=True)
         for i in range(processes)
     ]
@@ -132,12 +133,11 @@ def run_layout(
     elapsed = time.monotonic() - t0
     others = max(0.0, (machine_busy_seconds() - busy0 - own_cpu) / elapsed)
     return [
-        {
-            "layout": f"{processes}x{threads}", "batch": batch,
-            "ips": sum(o[i]["ips"] for o in outputs),
-            "late_start_s": max(o[i]["late_s"] for o in outputs),
-            "others_cores": round(others, 3),  # other processes' CPU during this layout's runs
-        }
+        CeilingRun(
+            layout=f"{processes}x{threads}", batch=batch, ips=sum(o[i]["ips"] for o in outputs),
+            late_start_s=max(o[i]["late_s"] for o in outputs),
+            others_cores=round(others, 3),  # other processes' CPU during this layout's runs
+        )
         for i, batch in enumerate(batches)
     ]
 

@@ -23,6 +23,7 @@ import os
 import random
 import re
 from pathlib import Path
+from typing import ClassVar
 
 import gevent
 from locust import FastHttpUser, constant, events, task
@@ -56,8 +57,8 @@ def multipart(name: str, body: bytes) -> bytes:
 class Photos:
     """The photo pool as ready multipart bodies, shared by every user of this locust process."""
 
-    bodies: list[bytes] = []
-    _order: itertools.count = itertools.count()
+    bodies: ClassVar[list[bytes]] = []
+    _order: ClassVar[itertools.count[int]] = itertools.count()
 
     @classmethod
     def load(cls, folder: str, pool: str) -> None:

@@ -28,10 +28,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="windows of --seconds each; ips = the best")
     args = parser.parse_args()
 
-    import numpy as np
-    from PIL import Image
     import keras
+    import numpy as np
     from keras.applications.resnet50 import ResNet50, preprocess_input
+    from PIL import Image
 
     bodies = [p.read_bytes() for p in sorted(args.photo_dir.glob("*.jpg"))[: args.count]]
     keras.utils.set_random_seed(0)

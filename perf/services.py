@@ -22,10 +22,11 @@ from pathlib import Path
 import redis
 
 from common.contract import model_announcement_key
+
+# The test suite's subprocess wrapper: a log file each, SIGTERM then SIGKILL.
+from devtools.processes import ServiceProcess as Service
+from devtools.processes import free_port
 from perf.paths import REPO_ROOT
-# The same subprocess wrapper the test suite uses: a log file each, SIGTERM then SIGKILL.
-from tests.support.processes import ServiceProcess as Service
-from tests.support.processes import free_port
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RABBITMQ_API = os.environ.get("RABBITMQ_API", "http://127.0.0.1:15672")
@@ -183,10 +184,3 @@ def ready_messages(name: str) -> int | None:
     except Exception:  # noqa: BLE001 - no such queue / broker hiccup: unknown
         return None
 
-
-def queue_depth(name: str) -> int | None:
-    try:
-        data = _management("GET", f"queues/%2F/{urllib.parse.quote(name, safe='')}")
-    except (urllib.error.URLError, OSError):
-        return None
-    return int(data.get("messages", 0)) if isinstance(data, dict) else None

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from perf.results import Latency
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation; NaN for no values."""
@@ -20,17 +22,13 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99/mean of latencies given in seconds, in milliseconds."""
+def summary_ms(seconds: Sequence[float]) -> Latency:
+    """p50/p90/p95/p99/mean of latencies given in seconds, in milliseconds."""
     if not seconds:
-        return {"p50": math.nan, "p95": math.nan, "p99": math.nan, "mean": math.nan, "n": 0}
-    return {
-        "p50": percentile(seconds, 50) * 1000,
-        "p95": percentile(seconds, 95) * 1000,
-        "p99": percentile(seconds, 99) * 1000,
-        "mean": sum(seconds) / len(seconds) * 1000,
-        "n": len(seconds),
-    }
+        return Latency(p50=math.nan, p90=math.nan, p95=math.nan, p99=math.nan, mean=math.nan, n=0)
+    ms = [s * 1000 for s in seconds]
+    return Latency(p50=percentile(ms, 50), p90=percentile(ms, 90), p95=percentile(ms, 95), p99=percentile(ms, 99),
+                   mean=sum(ms) / len(ms), n=len(ms))
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
