@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,10 @@ from perf.stats import machine_busy_cores
 LAYOUTS = (Layout(1, 2), Layout(2, 1))
 POOL_SIZE = 1500
 HIT_PHOTOS = 16  # the small pool for cache hits
-LITE0 = (REPO_ROOT / "models" / "efficientnet-lite0.onnx", REPO_ROOT / "models" / "efficientnet-lite0-int8.onnx")
+LITE0 = (
+    REPO_ROOT / "models" / "efficientnet-lite0.onnx",
+    REPO_ROOT / "models" / "efficientnet-lite0-int8.onnx",
+)
 
 
 def log(text: str) -> None:
@@ -105,17 +108,35 @@ def ensure_models_and_photos() -> tuple[dict[str, ModelFile], list[Path]]:
     conversion at a time on the machine), and the photo pool meanwhile (nothing is measured yet)."""
     converting: subprocess.Popen[bytes] | None = None
     if not (FP32_MODEL.exists() and INT8_MODEL.exists()):
-        busy = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-                if "converter" in " ".join(p.info["cmdline"] or []) and p.info["pid"] != os.getpid()]
+        busy = [
+            p.info["pid"]
+            for p in psutil.process_iter(["pid", "cmdline"])
+            if "converter" in " ".join(p.info["cmdline"] or []) and p.info["pid"] != os.getpid()
+        ]
         if busy:
             log(f"another converter is running (pids {busy}); waiting for it before converting")
             psutil.wait_procs([psutil.Process(p) for p in busy if psutil.pid_exists(p)], timeout=900)
         log("making ResNet50 (random weights) fp32 + int8 with the converter (a few minutes, once)")
         # Fewer calibration and agreement inputs than the converter's defaults: random weights make
         # the int8 model's accuracy meaningless, and its speed does not depend on them (saves ~25 s).
-        converting = subprocess.Popen([sys.executable, "-m", "converter", "resnet50", "--weights", "random",
-                                       "--int8", "--calibration-count", "100", "--agreement-count", "128",
-                                       "--out-dir", str(MODELS_DIR)], cwd=REPO_ROOT)
+        converting = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "converter",
+                "resnet50",
+                "--weights",
+                "random",
+                "--int8",
+                "--calibration-count",
+                "100",
+                "--agreement-count",
+                "128",
+                "--out-dir",
+                str(MODELS_DIR),
+            ],
+            cwd=REPO_ROOT,
+        )
     t = time.monotonic()
     pool = photos.make_pool(POOL_SIZE)
     if converting is not None:
@@ -127,15 +148,20 @@ def ensure_models_and_photos() -> tuple[dict[str, ModelFile], list[Path]]:
         # (real ImageNet weights, what `make models` builds) is the meaningful check on these photos.
         log("making EfficientNet-Lite0 fp32 + int8 (real weights) for the agreement check")
         t = time.monotonic()
-        subprocess.run([sys.executable, "-m", "converter", "efficientnet-lite0", "--int8"], cwd=REPO_ROOT, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "converter", "efficientnet-lite0", "--int8"], cwd=REPO_ROOT, check=True
+        )
         log(f"EfficientNet-Lite0 made in {time.monotonic() - t:.0f} s")
     return _model_facts(), pool
 
 
 def _model_facts() -> dict[str, ModelFile]:
     return {
-        name: ModelFile(path=str(path.relative_to(REPO_ROOT)), version=model_version(path),
-                        size_mb=round(path.stat().st_size / 1e6, 1))
+        name: ModelFile(
+            path=str(path.relative_to(REPO_ROOT)),
+            version=model_version(path),
+            size_mb=round(path.stat().st_size / 1e6, 1),
+        )
         for name, path in (("fp32", FP32_MODEL), ("int8", INT8_MODEL))
     }
 
@@ -203,51 +229,119 @@ def ceiling(name: str, path: Path, photo_dir: Path, seconds: float) -> Ceiling:
     configs = []
     # 1x2 at batch 1 is never the best (its batch-1 latency is measured above); 2x1 at batch 1 has been.
     for layout, batches in ((Layout(1, 2), [8, 16]), (Layout(2, 1), [1, 8])):
-        configs += run_layout(path, photo_dir, processes=layout.workers, threads=layout.threads, batches=batches,
-                              seconds=seconds, count=400)
+        configs += run_layout(
+            path,
+            photo_dir,
+            processes=layout.workers,
+            threads=layout.threads,
+            batches=batches,
+            seconds=seconds,
+            count=400,
+        )
     best = max(configs, key=lambda c: c.ips)
     # The workers' MAX_BATCH per layout: the ceiling's best among the micro-batch sizes (>= 8); a batch
     # of 1 in the worker pays its per-batch costs (thread hops, publish, Redis, ack) once per image.
-    best_batch = {lay.name: max((c for c in configs if c.layout == lay.name and c.batch >= 8),
-                                key=lambda c: c.ips).batch for lay in LAYOUTS}
-    log(f"ceiling {name}: best {best.ips:.1f} img/s ({best.layout}, batch {best.batch}); "
-        f"ORT batch-1 p50 {lat['ort_batch1_ms']['p50']:.1f} ms; decode {lat['decode_ms']:.1f} ms")
-    return Ceiling(configs=configs, best=best, best_batch=best_batch, ort_batch1_ms=lat["ort_batch1_ms"],
-                   decode_ms=lat["decode_ms"])
+    best_batch = {
+        lay.name: max(
+            (c for c in configs if c.layout == lay.name and c.batch >= 8), key=lambda c: c.ips
+        ).batch
+        for lay in LAYOUTS
+    }
+    log(
+        f"ceiling {name}: best {best.ips:.1f} img/s ({best.layout}, batch {best.batch}); "
+        f"ORT batch-1 p50 {lat['ort_batch1_ms']['p50']:.1f} ms; decode {lat['decode_ms']:.1f} ms"
+    )
+    return Ceiling(
+        configs=configs,
+        best=best,
+        best_batch=best_batch,
+        ort_batch1_ms=lat["ort_batch1_ms"],
+        decode_ms=lat["decode_ms"],
+    )
 
 
 def agreements(photo_dir: Path) -> dict[str, Agreement]:
     """int8 vs fp32 top-1 on the bench's photos: the timed random-weight ResNet50 (128 photos; it
     puts nearly all in one class) and EfficientNet-Lite0 with real weights (256 photos)."""
     out: dict[str, Agreement] = {}
-    for name, (a, b), count in (("resnet50-random", (FP32_MODEL, INT8_MODEL), 128), ("efficientnet-lite0", LITE0, 256)):
-        out[name] = r = from_dict(Agreement, _json_from([
-            sys.executable, "-m", "perf.agreement", "--fp32", str(a), "--int8", str(b), "--photo-dir", str(photo_dir),
-            "--count", str(count)], 300))
-        log(f"agreement {name}: top-1 {r.agreement:.4f} on {r.photos} photos, {r.agreement_decisive:.4f} on the "
-            f"{r.decisive} decisive ones ({r.fp32_distinct_top1} distinct fp32 classes)")
+    for name, (a, b), count in (
+        ("resnet50-random", (FP32_MODEL, INT8_MODEL), 128),
+        ("efficientnet-lite0", LITE0, 256),
+    ):
+        out[name] = r = from_dict(
+            Agreement,
+            _json_from(
+                [
+                    sys.executable,
+                    "-m",
+                    "perf.agreement",
+                    "--fp32",
+                    str(a),
+                    "--int8",
+                    str(b),
+                    "--photo-dir",
+                    str(photo_dir),
+                    "--count",
+                    str(count),
+                ],
+                300,
+            ),
+        )
+        log(
+            f"agreement {name}: top-1 {r.agreement:.4f} on {r.photos} photos, {r.agreement_decisive:.4f} on the "
+            f"{r.decisive} decisive ones ({r.fp32_distinct_top1} distinct fp32 classes)"
+        )
     return out
 
 
 def seed_baseline(photo_dir: Path, seconds: float, rounds: int) -> Seed:
-    result: Seed = from_dict(Seed, _json_from([sys.executable, "-m", "perf.seed_baseline", "--photo-dir",
-                                               str(photo_dir), "--seconds", str(seconds), "--rounds", str(rounds)], 600))
-    log(f"seed's way (Keras predict, one image at a time): best of {rounds} rounds {result.ips:.2f} img/s "
-        "(" + ", ".join(f"{r.ips:.2f}" for r in result.rounds) + ")")
+    result: Seed = from_dict(
+        Seed,
+        _json_from(
+            [
+                sys.executable,
+                "-m",
+                "perf.seed_baseline",
+                "--photo-dir",
+                str(photo_dir),
+                "--seconds",
+                str(seconds),
+                "--rounds",
+                str(rounds),
+            ],
+            600,
+        ),
+    )
+    log(
+        f"seed's way (Keras predict, one image at a time): best of {rounds} rounds {result.ips:.2f} img/s "
+        "(" + ", ".join(f"{r.ips:.2f}" for r in result.rounds) + ")"
+    )
     return result
 
 
-def end_to_end(stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: Ceiling,
-               args: argparse.Namespace) -> tuple[dict[str, LoadRun], OneClient]:
+def end_to_end(
+    stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: Ceiling, args: Args
+) -> tuple[dict[str, LoadRun], OneClient]:
     """Saturation for each layout, then one client (1x2), for one model."""
     e2e: dict[str, LoadRun] = {}
     tail = POOL_SIZE - 300  # photos kept for the one-client runs (never seen at saturation)
     for layout in LAYOUTS:
         batch = ceiling.best_batch[layout.name]
-        e2e[layout.name] = r = pipeline.saturation(stack, path, layout, max_batch=batch, photo_dir=photo_dir,
-                                                   first=0, count=tail, seconds=args.sweep_seconds, warmup=args.warmup)
-        log(f"e2e {name} {layout.name} batch {batch}: {r.rps:.1f} req/s, p50 {r.latency_ms.p50:.0f} ms, "
-            f"statuses {r.statuses}, cpu {r.cpu_cores}")
+        e2e[layout.name] = r = pipeline.saturation(
+            stack,
+            path,
+            layout,
+            max_batch=batch,
+            photo_dir=photo_dir,
+            first=0,
+            count=tail,
+            seconds=args.sweep_seconds,
+            warmup=args.warmup,
+        )
+        log(
+            f"e2e {name} {layout.name} batch {batch}: {r.rps:.1f} req/s, p50 {r.latency_ms.p50:.0f} ms, "
+            f"statuses {r.statuses}, cpu {r.cpu_cores}"
+        )
     batch = ceiling.best_batch["1x2"]
     stack.flush_redis()
     stack.start_workers(path, 1, 2, batch, 2 * batch)
@@ -256,13 +350,16 @@ def end_to_end(stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: Ce
     finally:
         stack.stop_workers()
     m = one.miss.latency_ms
-    log(f"one client {name}: p50 {m.p50:.1f} ms, p95 {m.p95:.1f} ms; breakdown "
-        + ", ".join(f"{k} {v:.1f}" for k, v in one.breakdown_ms.items()))
+    log(
+        f"one client {name}: p50 {m.p50:.1f} ms, p95 {m.p95:.1f} ms; breakdown "
+        + ", ".join(f"{k} {v:.1f}" for k, v in one.breakdown_ms.items())
+    )
     return e2e, one
 
 
-def drift_rounds(stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: Ceiling,
-                 args: argparse.Namespace) -> Rounds:
+def drift_rounds(
+    stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: Ceiling, args: Args
+) -> Rounds:
     """The two sides of the ceiling ratio in alternating rounds (ceiling, pipeline, ceiling, ...), each
     side at the ceiling's best configuration (layout; the workers' MAX_BATCH is that layout's best
     micro-batch); the host's speed drifts from minute to minute, so each side keeps its best round
@@ -276,21 +373,60 @@ def drift_rounds(stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: 
     ceilings: list[CeilingRound] = []
     e2e: list[PipelineRound] = []
     for i in range(1, args.rounds + 1):
-        c = run_layout(path, photo_dir, processes=layout.workers, threads=layout.threads, batches=[cfg.batch],
-                       seconds=args.round_ceiling_seconds, count=400)[0]
-        ceilings.append(CeilingRound(round=i, ips=c.ips, others_cores=c.others_cores, late_start_s=c.late_start_s))
-        r = pipeline.saturation(stack, path, layout, max_batch=batch, photo_dir=photo_dir, first=0,
-                                count=POOL_SIZE - 300, seconds=args.seconds, warmup=args.warmup)
-        e2e.append(PipelineRound(round=i, rps=r.rps, p50_ms=r.latency_ms.p50, p95_ms=r.latency_ms.p95 or float("nan"),
-                                 statuses=r.statuses or {}, others_cores=r.cpu_cores.get("others"),
-                                 workers_cores=r.cpu_cores.get("workers")))
-        log(f"round {i} {name}: ceiling {c.ips:.1f} img/s ({layout.name}, batch {cfg.batch}), "
-            f"e2e {r.rps:.1f} req/s ({layout.name}, batch {batch})")
-    out = Rounds(rule="best", ceiling_config=BestConfig(layout.name, cfg.batch), e2e_layout=layout.name,
-                 e2e_max_batch=batch, ceiling_seconds=args.round_ceiling_seconds, e2e_seconds=args.seconds,
-                 ceiling=ceilings, e2e=e2e, ceiling_best=max(x.ips for x in ceilings), e2e_best=max(x.rps for x in e2e))
-    log(f"rounds {name}: best e2e {out.e2e_best:.1f} / best ceiling {out.ceiling_best:.1f} = "
-        f"{out.e2e_best / out.ceiling_best:.3f}")
+        c = run_layout(
+            path,
+            photo_dir,
+            processes=layout.workers,
+            threads=layout.threads,
+            batches=[cfg.batch],
+            seconds=args.round_ceiling_seconds,
+            count=400,
+        )[0]
+        ceilings.append(
+            CeilingRound(round=i, ips=c.ips, others_cores=c.others_cores, late_start_s=c.late_start_s)
+        )
+        r = pipeline.saturation(
+            stack,
+            path,
+            layout,
+            max_batch=batch,
+            photo_dir=photo_dir,
+            first=0,
+            count=POOL_SIZE - 300,
+            seconds=args.seconds,
+            warmup=args.warmup,
+        )
+        e2e.append(
+            PipelineRound(
+                round=i,
+                rps=r.rps,
+                p50_ms=r.latency_ms.p50,
+                p95_ms=r.latency_ms.p95 or float("nan"),
+                statuses=r.statuses or {},
+                others_cores=r.cpu_cores.get("others"),
+                workers_cores=r.cpu_cores.get("workers"),
+            )
+        )
+        log(
+            f"round {i} {name}: ceiling {c.ips:.1f} img/s ({layout.name}, batch {cfg.batch}), "
+            f"e2e {r.rps:.1f} req/s ({layout.name}, batch {batch})"
+        )
+    out = Rounds(
+        rule="best",
+        ceiling_config=BestConfig(layout.name, cfg.batch),
+        e2e_layout=layout.name,
+        e2e_max_batch=batch,
+        ceiling_seconds=args.round_ceiling_seconds,
+        e2e_seconds=args.seconds,
+        ceiling=ceilings,
+        e2e=e2e,
+        ceiling_best=max(x.ips for x in ceilings),
+        e2e_best=max(x.rps for x in e2e),
+    )
+    log(
+        f"rounds {name}: best e2e {out.e2e_best:.1f} / best ceiling {out.ceiling_best:.1f} = "
+        f"{out.e2e_best / out.ceiling_best:.3f}"
+    )
     return out
 
 
@@ -300,20 +436,25 @@ def _note_others(machine: Machine, when: str) -> None:
         log(f"other heavy processes {when}: {heavy}")
 
 
-def hits(stack: Stack, pool: list[Path], args: argparse.Namespace) -> LoadRun:
+def hits(stack: Stack, pool: list[Path], args: Args) -> LoadRun:
     stack.flush_redis()
     stack.start_workers(INT8_MODEL, 1, 2, 8, 16)
     try:
-        r = pipeline.cache_hits(stack, pool[POOL_SIZE - HIT_PHOTOS :], connections=args.hit_connections,
-                                seconds=args.hit_seconds)
+        r = pipeline.cache_hits(
+            stack, pool[POOL_SIZE - HIT_PHOTOS :], connections=args.hit_connections, seconds=args.hit_seconds
+        )
     finally:
         stack.stop_workers()
-    log(f"cache hits: {r.rps:.0f} req/s, p50 {r.latency_ms.p50:.2f} ms ({r.tool}, "
-        f"{args.hit_connections} connections, load generator {r.loadgen_cpu_cores:.2f} cores)")
+    log(
+        f"cache hits: {r.rps:.0f} req/s, p50 {r.latency_ms.p50:.2f} ms ({r.tool}, "
+        f"{args.hit_connections} connections, load generator {r.loadgen_cpu_cores:.2f} cores)"
+    )
     return r
 
 
-def profiles(stack: Stack, photo_dir: Path, ceiling: dict[str, Ceiling], run_dir: Path) -> dict[str, Profile] | None:
+def profiles(
+    stack: Stack, photo_dir: Path, ceiling: dict[str, Ceiling], run_dir: Path
+) -> dict[str, Profile] | None:
     """Profile the gateway and the worker during int8 cache misses at saturation (1x2)."""
     if not profile.available():
         log("py-spy is not installed (requirements/perf.txt): no profiles")
@@ -326,38 +467,36 @@ def profiles(stack: Stack, photo_dir: Path, ceiling: dict[str, Ceiling], run_dir
         load = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
         time.sleep(1.5)
         assert stack.gateway is not None
-        files = profile.record({"gateway-misses": stack.gateway.pid, "worker-misses": stack.workers[0].pid},
-                               7, run_dir / "profiles")
+        files = profile.record(
+            {"gateway-misses": stack.gateway.pid, "worker-misses": stack.workers[0].pid},
+            7,
+            run_dir / "profiles",
+        )
         load.communicate(timeout=60)
         return {name: profile.top(path) for name, path in files.items()}
     finally:
         stack.stop_workers()
 
 
-def main() -> None:
+def parse_args() -> Args:
+    """The command line, one option per field of :class:`~perf.results.Args`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=6.0, help="measured window of each pipeline round")
-    parser.add_argument("--warmup", type=float, default=2.0, help="excluded warm-up before each window")
-    parser.add_argument("--ceiling-seconds", type=float, default=2.5,
-                        help="window per configuration in the ceiling's layout/batch sweep")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="alternating ceiling / pipeline rounds per model for the ratio (best of each side)")
-    parser.add_argument("--round-ceiling-seconds", type=float, default=6.0, help="ceiling window per round")
-    parser.add_argument("--sweep-seconds", type=float, default=5.0,
-                        help="measured window of the pipeline's layout sweep (the rounds use --seconds)")
-    parser.add_argument("--seed-seconds", type=float, default=3.0, help="per seed round")
-    parser.add_argument("--seed-rounds", type=int, default=3,
-                        help="back-to-back rounds of the seed's way (its best counts: TensorFlow speeds up as it warms)")
-    parser.add_argument("--one-client-seconds", type=float, default=5.0)
-    parser.add_argument("--hit-seconds", type=float, default=5.0)
-    parser.add_argument("--hit-connections", type=int, default=4)
-    parser.add_argument("--stress-seconds", type=float, default=4.0)
-    parser.add_argument("--stress-users", type=int, nargs="+", default=[1, 8, 32, 128, 384])
-    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                        help="first wait up to S seconds for other processes to leave the cores idle")
-    parser.add_argument("--no-stress", action="store_true")
-    parser.add_argument("--no-profile", action="store_true")
-    args = parser.parse_args()
+    for f in fields(Args):
+        default = f.metadata.get("cli_default") or (
+            f.default if f.default is not MISSING else f.default_factory()
+        )  # type: ignore[misc]
+        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata.get("help")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif isinstance(default, list):
+            parser.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+    return Args(**vars(parser.parse_args()))
+
+
+def main() -> None:
+    args = parse_args()
 
     started = time.monotonic()
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -368,9 +507,11 @@ def main() -> None:
         models, pool = ensure_models_and_photos()
     waited = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     host = machine()
-    log(f"{host.cpu} ({', '.join(host.cpu_flags or [])}); load average {host.load_avg_before}, busy cores "
-        f"{host.busy_cores_before}" + (f"; other heavy processes: {host.heavy_processes_before}"
-                                       if host.heavy_processes_before else ""))
+    log(
+        f"{host.cpu} ({', '.join(host.cpu_flags or [])}); load average {host.load_avg_before}, busy cores "
+        f"{host.busy_cores_before}"
+        + (f"; other heavy processes: {host.heavy_processes_before}" if host.heavy_processes_before else "")
+    )
     photo_dir = pool[0].parent
     sizes = [p.stat().st_size for p in pool]
     with phase(phases, "seed's way"):
@@ -396,18 +537,30 @@ def main() -> None:
             with phase(phases, f"{name}: alternating rounds"):
                 rounds[name] = drift_rounds(stack, name, path, photo_dir, ceilings[name], args)
         with phase(phases, "broker round trip"):
-            rtt: BrokerRtt = from_dict(BrokerRtt, _json_from(
-                [sys.executable, "-m", "perf.broker_rtt", "--photo-dir", str(photo_dir)], 120))
-            log(f"bare broker round trip ({rtt.queue_type} queue, {rtt.body_kib} KiB photos): "
-                f"p50 {rtt.rtt_ms['p50']:.1f} ms")
+            rtt: BrokerRtt = from_dict(
+                BrokerRtt,
+                _json_from([sys.executable, "-m", "perf.broker_rtt", "--photo-dir", str(photo_dir)], 120),
+            )
+            log(
+                f"bare broker round trip ({rtt.queue_type} queue, {rtt.body_kib} KiB photos): "
+                f"p50 {rtt.rtt_ms['p50']:.1f} ms"
+            )
         with phase(phases, "cache hits"):
             cache_hits = hits(stack, pool, args)
         points = shed_at = None
         if not args.no_stress:
             log(f"stress: locust, {args.stress_seconds:g} s per point, int8, users {args.stress_users}")
             with phase(phases, "stress"):
-                points = stress.stress(stack, INT8_MODEL, list(LAYOUTS), args.stress_users, seconds=args.stress_seconds,
-                                       photo_dir=photo_dir, max_batch=8, out_dir=run_dir / "stress")
+                points = stress.stress(
+                    stack,
+                    INT8_MODEL,
+                    list(LAYOUTS),
+                    args.stress_users,
+                    seconds=args.stress_seconds,
+                    photo_dir=photo_dir,
+                    max_batch=8,
+                    out_dir=run_dir / "stress",
+                )
             shed_at = {lay.name: stress.shed_point(Settings.from_env(), lay, 8) for lay in LAYOUTS}
         profiled = None
         if not args.no_profile:
@@ -420,13 +573,29 @@ def main() -> None:
     host.load_avg_after = [round(x, 2) for x in os.getloadavg()]
     settings = Settings.from_env()
     run = Results(
-        timestamp=stamp, args=from_dict(Args, vars(args)), models=models, machine=host,
-        photos=results.Photos(count=len(pool), mean_kib=round(sum(sizes) / len(sizes) / 1024, 1),
-                              dir=str(photo_dir.relative_to(REPO_ROOT))),
+        timestamp=stamp,
+        args=args,
+        models=models,
+        machine=host,
+        photos=results.Photos(
+            count=len(pool),
+            mean_kib=round(sum(sizes) / len(sizes) / 1024, 1),
+            dir=str(photo_dir.relative_to(REPO_ROOT)),
+        ),
         settings={f.name: str(getattr(settings, f.name)) for f in fields(settings) if "url" not in f.name},
-        seed=seed, agreement=agreement, ceiling=ceilings, e2e=e2e, one_client=one_client, rounds=rounds,
-        cache_hits=cache_hits, phases_s=phases, waited_for_quiet_s=waited, broker_rtt=rtt, stress=points,
-        shed_at=shed_at, profile=profiled,
+        seed=seed,
+        agreement=agreement,
+        ceiling=ceilings,
+        e2e=e2e,
+        one_client=one_client,
+        rounds=rounds,
+        cache_hits=cache_hits,
+        phases_s=phases,
+        waited_for_quiet_s=waited,
+        broker_rtt=rtt,
+        stress=points,
+        shed_at=shed_at,
+        profile=profiled,
         # The benchmark's own time; the optional wait for a quiet machine is reported apart.
         duration_s=round(time.monotonic() - started - (waited or 0.0), 1),
     )
@@ -438,8 +607,10 @@ def main() -> None:
     REPORT_PATH.write_text(report.markdown(run, out))
     print()
     print(report.table(run))
-    log(f"wrote {out.relative_to(REPO_ROOT)}, {REPORT_PATH.relative_to(REPO_ROOT)}, "
-        f"{len(made)} plots in {PLOTS_DIR.relative_to(REPO_ROOT)}; took {run.duration_s:.0f} s")
+    log(
+        f"wrote {out.relative_to(REPO_ROOT)}, {REPORT_PATH.relative_to(REPO_ROOT)}, "
+        f"{len(made)} plots in {PLOTS_DIR.relative_to(REPO_ROOT)}; took {run.duration_s:.0f} s"
+    )
 
 
 if __name__ == "__main__":

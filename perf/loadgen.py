@@ -31,7 +31,7 @@ BOUNDARY = "perfbench7d3f9a1c"
 def multipart(body: bytes, name: str) -> bytes:
     """A multipart/form-data body with one ``file`` field, like a browser's upload."""
     head = (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
         "Content-Type: image/jpeg\r\n\r\n"
     ).encode()
     return head + body + f"\r\n--{BOUNDARY}--\r\n".encode()
@@ -59,7 +59,12 @@ def _cpu() -> float:
 
 
 async def run(
-    url: str, bodies: list[bytes], *, concurrency: int, duration_s: float, warmup_s: float,
+    url: str,
+    bodies: list[bytes],
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
     timeout_s: float = 30.0,
 ) -> LoadRun:
     """Drive the load; returns throughput, latency percentiles, statuses and own CPU."""
@@ -129,8 +134,9 @@ def main() -> None:
     args = parser.parse_args()
     paths = sorted(args.photo_dir.glob("*.jpg"))[args.first : args.first + args.count]
     bodies = [multipart(p.read_bytes(), p.name) for p in paths]
-    result = asyncio.run(run(args.url, bodies, concurrency=args.concurrency, duration_s=args.duration,
-                             warmup_s=args.warmup))
+    result = asyncio.run(
+        run(args.url, bodies, concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup)
+    )
     print(json.dumps(to_dict(result)))
 
 

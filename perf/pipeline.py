@@ -42,11 +42,28 @@ class Layout:
         return f"{self.workers}x{self.threads}"
 
 
-def loadgen_cmd(url: str, photo_dir: Path, first: int, count: int, concurrency: int,
-                 seconds: float, warmup: float) -> list[str]:
-    return [sys.executable, "-m", "perf.loadgen", "--url", url, "--photo-dir", str(photo_dir),
-            "--first", str(first), "--count", str(count), "-c", str(concurrency),
-            "-d", str(seconds), "-w", str(warmup)]
+def loadgen_cmd(
+    url: str, photo_dir: Path, first: int, count: int, concurrency: int, seconds: float, warmup: float
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "perf.loadgen",
+        "--url",
+        url,
+        "--photo-dir",
+        str(photo_dir),
+        "--first",
+        str(first),
+        "--count",
+        str(count),
+        "-c",
+        str(concurrency),
+        "-d",
+        str(seconds),
+        "-w",
+        str(warmup),
+    ]
 
 
 def _service_pids(stack: Stack) -> dict[str, list[int]]:
@@ -66,8 +83,17 @@ def _gateway_snapshot(stack: Stack) -> scrape.Snapshot:
     return scrape.scrape(f"{stack.base_url}/metrics")
 
 
-def drive(stack: Stack, photo_dir: Path, *, first: int, count: int, concurrency: int, seconds: float,
-          warmup: float, path: str = "/predict") -> LoadRun:
+def drive(
+    stack: Stack,
+    photo_dir: Path,
+    *,
+    first: int,
+    count: int,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    path: str = "/predict",
+) -> LoadRun:
     """One load run with :mod:`perf.loadgen`, plus CPU and histogram deltas over its measured window."""
     cmd = loadgen_cmd(stack.base_url + path, photo_dir, first, count, concurrency, seconds, warmup)
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
@@ -94,15 +120,32 @@ def drive(stack: Stack, photo_dir: Path, *, first: int, count: int, concurrency:
     return result
 
 
-def saturation(stack: Stack, model: Path, layout: Layout, *, max_batch: int, photo_dir: Path,
-               first: int, count: int, seconds: float, warmup: float) -> LoadRun:
+def saturation(
+    stack: Stack,
+    model: Path,
+    layout: Layout,
+    *,
+    max_batch: int,
+    photo_dir: Path,
+    first: int,
+    count: int,
+    seconds: float,
+    warmup: float,
+) -> LoadRun:
     """Cache misses at saturation for one worker layout (workers started and stopped here)."""
     stack.flush_redis()
     stack.start_workers(model, layout.workers, layout.threads, max_batch, prefetch=2 * max_batch)
     try:
         concurrency = max(16, 2 * layout.workers * max_batch)
-        result = drive(stack, photo_dir, first=first, count=count, concurrency=concurrency,
-                       seconds=seconds, warmup=warmup)
+        result = drive(
+            stack,
+            photo_dir,
+            first=first,
+            count=count,
+            concurrency=concurrency,
+            seconds=seconds,
+            warmup=warmup,
+        )
     finally:
         stack.stop_workers()
     result.layout, result.max_batch = layout.name, max_batch
@@ -139,13 +182,25 @@ def one_client(stack: Stack, photo_dir: Path, *, first: int, count: int, seconds
       reply JSON, Redis SET, the gateway's answer).
     """
     miss = drive(stack, photo_dir, first=first, count=count, concurrency=1, seconds=seconds, warmup=1.0)
-    hit = drive(stack, photo_dir, first=first, count=min(miss.sent or count, count), concurrency=1,
-                seconds=max(2.0, seconds / 2), warmup=0.5)
+    hit = drive(
+        stack,
+        photo_dir,
+        first=first,
+        count=min(miss.sent or count, count),
+        concurrency=1,
+        seconds=max(2.0, seconds / 2),
+        warmup=0.5,
+    )
     rtt = redis_rtt_ms(stack.redis_url)
     assert miss.worker is not None
     decode, inference = miss.worker.decode_ms, miss.worker.inference_ms_per_batch
-    parts = {"upload/hash": max(0.0, hit.latency_ms.mean - rtt), "cache lookup": rtt,
-             "queue wait": max(0.0, miss.worker.batch_wait_ms - decode), "decode": decode, "inference": inference}
+    parts = {
+        "upload/hash": max(0.0, hit.latency_ms.mean - rtt),
+        "cache lookup": rtt,
+        "queue wait": max(0.0, miss.worker.batch_wait_ms - decode),
+        "decode": decode,
+        "inference": inference,
+    }
     known = sum(v for v in parts.values() if not math.isnan(v))
     parts["broker + reply"] = max(0.0, miss.latency_ms.mean - known)
     return OneClient(miss=miss, hit=hit, redis_rtt_ms=rtt, breakdown_ms=parts)
@@ -156,11 +211,25 @@ def cache_hits(stack: Stack, photo_paths: list[Path], *, connections: int, secon
     photo_dir = photo_paths[0].parent
     first = int(photo_paths[0].stem.split("-")[1])
     # Prime the cache: each photo once through the workers.
-    drive(stack, photo_dir, first=first, count=len(photo_paths), concurrency=1,
-          seconds=max(1.0, 0.15 * len(photo_paths)), warmup=0.0)
+    drive(
+        stack,
+        photo_dir,
+        first=first,
+        count=len(photo_paths),
+        concurrency=1,
+        seconds=max(1.0, 0.15 * len(photo_paths)),
+        warmup=0.0,
+    )
     g0 = _gateway_snapshot(stack)
-    result = drive(stack, photo_dir, first=first, count=len(photo_paths), concurrency=connections,
-                   seconds=seconds, warmup=1.0)
+    result = drive(
+        stack,
+        photo_dir,
+        first=first,
+        count=len(photo_paths),
+        concurrency=connections,
+        seconds=seconds,
+        warmup=1.0,
+    )
     result.tool = "perf.loadgen (aiohttp, 1 process)"
     gd = scrape.delta(_gateway_snapshot(stack), g0)
     hits, misses = gd.get("gateway_cache_hits_total", 0.0), gd.get("gateway_cache_misses_total", 0.0)

@@ -23,7 +23,9 @@ def throughput(r: Results, path: Path) -> None:
     labels, values, colors = ["seed's way\n(Keras, 1 image)"], [r.seed.ips], ["#999999"]
     for model, color in (("fp32", "#6baed6"), ("int8", "#fd8d3c")):
         rounds = r.rounds[model]
-        labels.append(f"{model} ceiling\n{rounds.ceiling_config.layout} b{rounds.ceiling_config.batch}\nbest round")
+        labels.append(
+            f"{model} ceiling\n{rounds.ceiling_config.layout} b{rounds.ceiling_config.batch}\nbest round"
+        )
         values.append(rounds.ceiling_best)
         colors.append(color)
         for layout, run in r.e2e[model].items():
@@ -54,11 +56,23 @@ def throughput_vs_clients(r: Results, path: Path) -> None:
         ax2.plot(users, [p.p50_ms for p in pts], "o--", label=f"{layout} p50", color=color, alpha=0.6)
         shed = [p for p in pts if p.status_503 > 0]
         if shed:
-            ax.scatter([p.users for p in shed], [p.predictions_per_s for p in shed], s=120,
-                       facecolors="none", edgecolors="red", label="503s answered" if layout == "1x2" else None)
+            ax.scatter(
+                [p.users for p in shed],
+                [p.predictions_per_s for p in shed],
+                s=120,
+                facecolors="none",
+                edgecolors="red",
+                label="503s answered" if layout == "1x2" else None,
+            )
     for layout, run in r.e2e["int8"].items():
-        ax.scatter([run.concurrency], [run.rps], marker="*", s=120, color=COLORS.get(layout),
-                   label=f"{layout} perf.loadgen")
+        ax.scatter(
+            [run.concurrency],
+            [run.rps],
+            marker="*",
+            s=120,
+            color=COLORS.get(layout),
+            label=f"{layout} perf.loadgen",
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("concurrent clients")
     ax.set_ylabel("predictions per second (int8)")
@@ -78,7 +92,10 @@ def latency(r: Results, path: Path) -> None:
     rows: list[tuple[str, Latency]] = []
     for model in ("fp32", "int8"):
         rows.append((f"{model}\n1 client", r.one_client[model].miss.latency_ms))
-        rows += [(f"{model} {layout}\n{run.concurrency} clients", run.latency_ms) for layout, run in r.e2e[model].items()]
+        rows += [
+            (f"{model} {layout}\n{run.concurrency} clients", run.latency_ms)
+            for layout, run in r.e2e[model].items()
+        ]
     rows.append((f"cache hits\n{r.cache_hits.concurrency} conns", r.cache_hits.latency_ms))
     fig, ax = plt.subplots(figsize=(9, 4))
     width = 0.27
@@ -89,7 +106,9 @@ def latency(r: Results, path: Path) -> None:
     for model, style in (("fp32", "--"), ("int8", ":")):
         ort = r.ceiling[model].ort_batch1_ms["p50"]
         ax.axhline(ort, ls=style, color="grey", lw=1)
-        ax.text(len(rows) - 0.5, ort, f"ORT batch-1 {model} {ort:.0f} ms", fontsize=7, va="bottom", ha="right")
+        ax.text(
+            len(rows) - 0.5, ort, f"ORT batch-1 {model} {ort:.0f} ms", fontsize=7, va="bottom", ha="right"
+        )
     ax.set_yscale("log")
     ax.set_xticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
     ax.set_ylabel("latency, ms (log)")
@@ -121,8 +140,12 @@ def make_all(results: Results, out_dir: Path) -> list[str]:
     """Write every plot the results allow; returns their file names."""
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
-    for name, fn in (("throughput.png", throughput), ("latency.png", latency), ("breakdown.png", breakdown),
-                     ("throughput_vs_clients.png", throughput_vs_clients)):
+    for name, fn in (
+        ("throughput.png", throughput),
+        ("latency.png", latency),
+        ("breakdown.png", breakdown),
+        ("throughput_vs_clients.png", throughput_vs_clients),
+    ):
         if name == "throughput_vs_clients.png" and not results.stress:
             continue
         fn(results, out_dir / name)

@@ -34,9 +34,25 @@ def record(pids: dict[str, int], seconds: float, out_dir: Path, rate: int = 100)
     for name, pid in pids.items():
         path = out_dir / f"{name}.txt"
         svg = out_dir / f"{name}.svg"
-        cmd = [PY_SPY, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", str(rate),
-               "--nonblocking", "-t", "-f", "raw", "-o", str(path)]
-        procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), name, path, svg))
+        cmd = [
+            PY_SPY,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            str(rate),
+            "--nonblocking",
+            "-t",
+            "-f",
+            "raw",
+            "-o",
+            str(path),
+        ]
+        procs.append(
+            (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), name, path, svg)
+        )
     for proc, name, path, _ in procs:
         proc.wait(timeout=seconds + 60)
         if path.exists():
@@ -74,11 +90,24 @@ def top(raw: Path, n: int = 12) -> Profile:
         for f in set(code):
             inclusive[f] += count
     share = (lambda c: round(100 * c / total, 1)) if total else (lambda c: 0.0)
-    boring = ("_bootstrap", "Thread.run", "_run_module_as_main", "_run_code", "run_forever", "run_until_complete",
-              "<module>", "_run_once", "Handle._run", "_worker (thread.py", "main (")
+    boring = (
+        "_bootstrap",
+        "Thread.run",
+        "_run_module_as_main",
+        "_run_code",
+        "run_forever",
+        "run_until_complete",
+        "<module>",
+        "_run_once",
+        "Handle._run",
+        "_worker (thread.py",
+        "main (",
+    )
     return Profile(
         samples=total,
         threads=[(name, share(c)) for name, c in threads.most_common(6)],
         self=[(f, share(c)) for f, c in self_counts.most_common(n)],
-        inclusive=[(f, share(c)) for f, c in inclusive.most_common(4 * n) if not any(b in f for b in boring)][:n],
+        inclusive=[(f, share(c)) for f, c in inclusive.most_common(4 * n) if not any(b in f for b in boring)][
+            :n
+        ],
     )

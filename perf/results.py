@@ -246,26 +246,40 @@ class Machine:
     vnni: bool | None = None
 
 
+def _option(default: Any, help: str = "", cli_default: Any = None) -> Any:
+    """A ``perf.bench`` option: its default and help (``cli_default``: the CLI's, where an older run
+    lacks the field and loads as None)."""
+    return field(default=default, metadata={"help": help, "cli_default": cli_default})
+
+
 @dataclass
 class Args:
-    """``perf.bench``'s command line as it ran."""
+    """``perf.bench``'s options (its command line is built from these fields), as the run used them."""
 
-    seconds: float
-    warmup: float
-    ceiling_seconds: float
-    rounds: int
-    round_ceiling_seconds: float
-    sweep_seconds: float
-    seed_seconds: float
-    one_client_seconds: float
-    hit_seconds: float
-    hit_connections: int
-    stress_seconds: float
-    stress_users: list[int]
-    wait_quiet: float
-    no_stress: bool
-    no_profile: bool
-    seed_rounds: int | None = None
+    seconds: float = _option(6.0, "measured window of each pipeline round")
+    warmup: float = _option(2.0, "excluded warm-up before each window")
+    ceiling_seconds: float = _option(2.5, "window per configuration in the ceiling's layout/batch sweep")
+    rounds: int = _option(
+        3, "alternating ceiling / pipeline rounds per model for the ratio (best of each side)"
+    )
+    round_ceiling_seconds: float = _option(6.0, "ceiling window per round")
+    sweep_seconds: float = _option(
+        5.0, "measured window of the pipeline's layout sweep (the rounds use --seconds)"
+    )
+    seed_seconds: float = _option(3.0, "per seed round")
+    one_client_seconds: float = 5.0
+    hit_seconds: float = 5.0
+    hit_connections: int = 4
+    stress_seconds: float = 4.0
+    stress_users: list[int] = field(default_factory=lambda: [1, 8, 32, 128, 384])
+    wait_quiet: float = _option(
+        0.0, "first wait up to this many seconds for other processes to leave the cores idle"
+    )
+    no_stress: bool = False
+    no_profile: bool = False
+    seed_rounds: int | None = _option(
+        None, "back-to-back rounds of the seed's way (its best counts: TensorFlow speeds up as it warms)", 3
+    )
 
 
 @dataclass

@@ -57,8 +57,17 @@ def main() -> None:
         rounds.append({"images": n, "seconds": round(elapsed, 3), "ips": n / elapsed})
     best = max(rounds, key=lambda r: r["ips"])
     latencies.sort()
-    print(json.dumps({"images": best["images"], "seconds": best["seconds"], "ips": best["ips"], "rounds": rounds,
-                      "p50_ms": latencies[len(latencies) // 2] * 1000}))
+    print(
+        json.dumps(
+            {
+                "images": best["images"],
+                "seconds": best["seconds"],
+                "ips": best["ips"],
+                "rounds": rounds,
+                "p50_ms": latencies[len(latencies) // 2] * 1000,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
