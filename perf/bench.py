@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import psutil
 
@@ -81,6 +81,8 @@ LITE0 = (
     REPO_ROOT / "models" / "efficientnet-lite0-int8.onnx",
 )
 
+T = TypeVar("T")
+
 
 def log(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
@@ -96,11 +98,20 @@ def phase(phases: dict[str, float], name: str) -> Iterator[None]:
         phases[name] = round(time.monotonic() - t, 1)
 
 
-def _json_from(cmd: list[str], timeout: float) -> dict[str, Any]:
-    out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+def measure(cls: type[T], module: str, timeout: float, *flags: str, **options: object) -> T:
+    """Run ``python -m module --option value ... --flag`` in a process of its own and read the JSON line
+    it prints last as ``cls`` (a results dataclass, or ``dict``)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        module,
+        *(a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))),
+    ]
+    out = subprocess.run([*cmd, *flags], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return data if cls is dict else from_dict(cls, data)  # type: ignore[no-any-return]
 
 
 def ensure_models_and_photos() -> tuple[dict[str, ModelFile], list[Path]]:
@@ -119,23 +130,9 @@ def ensure_models_and_photos() -> tuple[dict[str, ModelFile], list[Path]]:
         log("making ResNet50 (random weights) fp32 + int8 with the converter (a few minutes, once)")
         # Fewer calibration and agreement inputs than the converter's defaults: random weights make
         # the int8 model's accuracy meaningless, and its speed does not depend on them (saves ~25 s).
+        resnet50 = "resnet50 --weights random --int8 --calibration-count 100 --agreement-count 128 --out-dir"
         converting = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "converter",
-                "resnet50",
-                "--weights",
-                "random",
-                "--int8",
-                "--calibration-count",
-                "100",
-                "--agreement-count",
-                "128",
-                "--out-dir",
-                str(MODELS_DIR),
-            ],
-            cwd=REPO_ROOT,
+            [sys.executable, "-m", "converter", *resnet50.split(), str(MODELS_DIR)], cwd=REPO_ROOT
         )
     t = time.monotonic()
     pool = photos.make_pool(POOL_SIZE)
@@ -224,8 +221,7 @@ def _heavy_processes(threshold: float = 20.0) -> list[str]:
 
 def ceiling(name: str, path: Path, photo_dir: Path, seconds: float) -> Ceiling:
     """The in-process ceiling of one model: every layout and batch size, plus ORT batch-1 latency."""
-    base = [sys.executable, "-m", "perf.ceiling", "--model", str(path), "--photo-dir", str(photo_dir)]
-    lat = _json_from([*base, "--threads", "2", "--latency"], 300)
+    lat = measure(dict, "perf.ceiling", 300, "--latency", model=path, photo_dir=photo_dir, threads=2)
     configs = []
     # 1x2 at batch 1 is never the best (its batch-1 latency is measured above); 2x1 at batch 1 has been.
     for layout, batches in ((Layout(1, 2), [8, 16]), (Layout(2, 1), [1, 8])):
@@ -268,24 +264,8 @@ def agreements(photo_dir: Path) -> dict[str, Agreement]:
         ("resnet50-random", (FP32_MODEL, INT8_MODEL), 128),
         ("efficientnet-lite0", LITE0, 256),
     ):
-        out[name] = r = from_dict(
-            Agreement,
-            _json_from(
-                [
-                    sys.executable,
-                    "-m",
-                    "perf.agreement",
-                    "--fp32",
-                    str(a),
-                    "--int8",
-                    str(b),
-                    "--photo-dir",
-                    str(photo_dir),
-                    "--count",
-                    str(count),
-                ],
-                300,
-            ),
+        out[name] = r = measure(
+            Agreement, "perf.agreement", 300, fp32=a, int8=b, photo_dir=photo_dir, count=count
         )
         log(
             f"agreement {name}: top-1 {r.agreement:.4f} on {r.photos} photos, {r.agreement_decisive:.4f} on the "
@@ -295,23 +275,7 @@ def agreements(photo_dir: Path) -> dict[str, Agreement]:
 
 
 def seed_baseline(photo_dir: Path, seconds: float, rounds: int) -> Seed:
-    result: Seed = from_dict(
-        Seed,
-        _json_from(
-            [
-                sys.executable,
-                "-m",
-                "perf.seed_baseline",
-                "--photo-dir",
-                str(photo_dir),
-                "--seconds",
-                str(seconds),
-                "--rounds",
-                str(rounds),
-            ],
-            600,
-        ),
-    )
+    result = measure(Seed, "perf.seed_baseline", 600, photo_dir=photo_dir, seconds=seconds, rounds=rounds)
     log(
         f"seed's way (Keras predict, one image at a time): best of {rounds} rounds {result.ips:.2f} img/s "
         "(" + ", ".join(f"{r.ips:.2f}" for r in result.rounds) + ")"
@@ -537,10 +501,7 @@ def main() -> None:
             with phase(phases, f"{name}: alternating rounds"):
                 rounds[name] = drift_rounds(stack, name, path, photo_dir, ceilings[name], args)
         with phase(phases, "broker round trip"):
-            rtt: BrokerRtt = from_dict(
-                BrokerRtt,
-                _json_from([sys.executable, "-m", "perf.broker_rtt", "--photo-dir", str(photo_dir)], 120),
-            )
+            rtt = measure(BrokerRtt, "perf.broker_rtt", 120, photo_dir=photo_dir)
             log(
                 f"bare broker round trip ({rtt.queue_type} queue, {rtt.body_kib} KiB photos): "
                 f"p50 {rtt.rtt_ms['p50']:.1f} ms"
