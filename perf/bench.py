@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -29,7 +30,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TypeVar
@@ -59,6 +60,7 @@ from perf.results import (
     BrokerRtt,
     Ceiling,
     CeilingRound,
+    CeilingRun,
     LoadRun,
     Machine,
     ModelFile,
@@ -75,7 +77,10 @@ from perf.stats import machine_busy_cores
 
 LAYOUTS = (Layout(1, 2), Layout(2, 1))
 POOL_SIZE = 1500
-HIT_PHOTOS = 16  # the small pool for cache hits
+HIT_PHOTOS = 16  # the small pool for cache hits (the pool's last photos)
+ONE_CLIENT_FIRST = (
+    POOL_SIZE - 300
+)  # the pool's last 300 photos: the one-client runs, never seen at saturation
 LITE0 = (
     REPO_ROOT / "models" / "efficientnet-lite0.onnx",
     REPO_ROOT / "models" / "efficientnet-lite0-int8.onnx",
@@ -86,16 +91,6 @@ T = TypeVar("T")
 
 def log(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-@contextmanager
-def phase(phases: dict[str, float], name: str) -> Iterator[None]:
-    """Time one part of the run into ``phases`` (the budget is 10 minutes in all)."""
-    t = time.monotonic()
-    try:
-        yield
-    finally:
-        phases[name] = round(time.monotonic() - t, 1)
 
 
 def measure(cls: type[T], module: str, timeout: float, *flags: str, **options: object) -> T:
@@ -219,21 +214,46 @@ def _heavy_processes(threshold: float = 20.0) -> list[str]:
     return heavy
 
 
-def ceiling(name: str, path: Path, photo_dir: Path, seconds: float) -> Ceiling:
+@dataclass
+class Bench:
+    """What every part of one run shares: its options, its photos, the services and each part's time."""
+
+    args: Args
+    photo_dir: Path
+    run_dir: Path
+    stack: Stack
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time one part of the run (the budget is 10 minutes in all)."""
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(time.monotonic() - t, 1)
+
+    def ceiling_runs(
+        self, model: Path, layout: Layout, batches: list[int], seconds: float
+    ) -> list[CeilingRun]:
+        return run_layout(model, self.photo_dir, processes=layout.workers, threads=layout.threads,
+                          batches=batches, seconds=seconds, count=400)  # fmt: skip
+
+    def saturation(self, model: Path, layout: Layout, batch: int, seconds: float) -> LoadRun:
+        """Cache misses at saturation, on the photos the one-client runs never see."""
+        return pipeline.saturation(self.stack, model, layout, max_batch=batch, photo_dir=self.photo_dir,
+                                   first=0, count=ONE_CLIENT_FIRST, seconds=seconds, warmup=self.args.warmup)  # fmt: skip
+
+
+def ceiling(b: Bench, name: str, path: Path) -> Ceiling:
     """The in-process ceiling of one model: every layout and batch size, plus ORT batch-1 latency."""
-    lat = measure(dict, "perf.ceiling", 300, "--latency", model=path, photo_dir=photo_dir, threads=2)
-    configs = []
+    lat = measure(dict, "perf.ceiling", 300, "--latency", model=path, photo_dir=b.photo_dir, threads=2)
     # 1x2 at batch 1 is never the best (its batch-1 latency is measured above); 2x1 at batch 1 has been.
-    for layout, batches in ((Layout(1, 2), [8, 16]), (Layout(2, 1), [1, 8])):
-        configs += run_layout(
-            path,
-            photo_dir,
-            processes=layout.workers,
-            threads=layout.threads,
-            batches=batches,
-            seconds=seconds,
-            count=400,
-        )
+    configs = [
+        run
+        for layout, batches in ((Layout(1, 2), [8, 16]), (Layout(2, 1), [1, 8]))
+        for run in b.ceiling_runs(path, layout, batches, b.args.ceiling_seconds)
+    ]
     best = max(configs, key=lambda c: c.ips)
     # The workers' MAX_BATCH per layout: the ceiling's best among the micro-batch sizes (>= 8); a batch
     # of 1 in the worker pays its per-batch costs (thread hops, publish, Redis, ack) once per image.
@@ -247,13 +267,7 @@ def ceiling(name: str, path: Path, photo_dir: Path, seconds: float) -> Ceiling:
         f"ceiling {name}: best {best.ips:.1f} img/s ({best.layout}, batch {best.batch}); "
         f"ORT batch-1 p50 {lat['ort_batch1_ms']['p50']:.1f} ms; decode {lat['decode_ms']:.1f} ms"
     )
-    return Ceiling(
-        configs=configs,
-        best=best,
-        best_batch=best_batch,
-        ort_batch1_ms=lat["ort_batch1_ms"],
-        decode_ms=lat["decode_ms"],
-    )
+    return Ceiling(configs, best, best_batch, ort_batch1_ms=lat["ort_batch1_ms"], decode_ms=lat["decode_ms"])
 
 
 def agreements(photo_dir: Path) -> dict[str, Agreement]:
@@ -276,54 +290,38 @@ def agreements(photo_dir: Path) -> dict[str, Agreement]:
 
 def seed_baseline(photo_dir: Path, seconds: float, rounds: int) -> Seed:
     result = measure(Seed, "perf.seed_baseline", 600, photo_dir=photo_dir, seconds=seconds, rounds=rounds)
+    rounds_text = ", ".join(f"{r.ips:.2f}" for r in result.rounds)
     log(
-        f"seed's way (Keras predict, one image at a time): best of {rounds} rounds {result.ips:.2f} img/s "
-        "(" + ", ".join(f"{r.ips:.2f}" for r in result.rounds) + ")"
+        f"seed's way (Keras predict, one image at a time): best of {rounds} rounds {result.ips:.2f} img/s ({rounds_text})"
     )
     return result
 
 
-def end_to_end(
-    stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: Ceiling, args: Args
-) -> tuple[dict[str, LoadRun], OneClient]:
+def end_to_end(b: Bench, name: str, path: Path, ceiling: Ceiling) -> tuple[dict[str, LoadRun], OneClient]:
     """Saturation for each layout, then one client (1x2), for one model."""
     e2e: dict[str, LoadRun] = {}
-    tail = POOL_SIZE - 300  # photos kept for the one-client runs (never seen at saturation)
     for layout in LAYOUTS:
         batch = ceiling.best_batch[layout.name]
-        e2e[layout.name] = r = pipeline.saturation(
-            stack,
-            path,
-            layout,
-            max_batch=batch,
-            photo_dir=photo_dir,
-            first=0,
-            count=tail,
-            seconds=args.sweep_seconds,
-            warmup=args.warmup,
-        )
+        e2e[layout.name] = r = b.saturation(path, layout, batch, b.args.sweep_seconds)
         log(
             f"e2e {name} {layout.name} batch {batch}: {r.rps:.1f} req/s, p50 {r.latency_ms.p50:.0f} ms, "
             f"statuses {r.statuses}, cpu {r.cpu_cores}"
         )
     batch = ceiling.best_batch["1x2"]
-    stack.flush_redis()
-    stack.start_workers(path, 1, 2, batch, 2 * batch)
+    b.stack.flush_redis()
+    b.stack.start_workers(path, 1, 2, batch, 2 * batch)
     try:
-        one = pipeline.one_client(stack, photo_dir, first=tail, count=300, seconds=args.one_client_seconds)
+        one = pipeline.one_client(
+            b.stack, b.photo_dir, first=ONE_CLIENT_FIRST, count=300, seconds=b.args.one_client_seconds
+        )
     finally:
-        stack.stop_workers()
-    m = one.miss.latency_ms
-    log(
-        f"one client {name}: p50 {m.p50:.1f} ms, p95 {m.p95:.1f} ms; breakdown "
-        + ", ".join(f"{k} {v:.1f}" for k, v in one.breakdown_ms.items())
-    )
+        b.stack.stop_workers()
+    m, parts = one.miss.latency_ms, ", ".join(f"{k} {v:.1f}" for k, v in one.breakdown_ms.items())
+    log(f"one client {name}: p50 {m.p50:.1f} ms, p95 {m.p95:.1f} ms; breakdown {parts}")
     return e2e, one
 
 
-def drift_rounds(
-    stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: Ceiling, args: Args
-) -> Rounds:
+def drift_rounds(b: Bench, name: str, path: Path, ceiling: Ceiling) -> Rounds:
     """The two sides of the ceiling ratio in alternating rounds (ceiling, pipeline, ceiling, ...), each
     side at the ceiling's best configuration (layout; the workers' MAX_BATCH is that layout's best
     micro-batch); the host's speed drifts from minute to minute, so each side keeps its best round
@@ -336,39 +334,20 @@ def drift_rounds(
     batch = ceiling.best_batch[layout.name]
     ceilings: list[CeilingRound] = []
     e2e: list[PipelineRound] = []
-    for i in range(1, args.rounds + 1):
-        c = run_layout(
-            path,
-            photo_dir,
-            processes=layout.workers,
-            threads=layout.threads,
-            batches=[cfg.batch],
-            seconds=args.round_ceiling_seconds,
-            count=400,
-        )[0]
-        ceilings.append(
-            CeilingRound(round=i, ips=c.ips, others_cores=c.others_cores, late_start_s=c.late_start_s)
-        )
-        r = pipeline.saturation(
-            stack,
-            path,
-            layout,
-            max_batch=batch,
-            photo_dir=photo_dir,
-            first=0,
-            count=POOL_SIZE - 300,
-            seconds=args.seconds,
-            warmup=args.warmup,
-        )
+    for i in range(1, b.args.rounds + 1):
+        c = b.ceiling_runs(path, layout, [cfg.batch], b.args.round_ceiling_seconds)[0]
+        ceilings.append(CeilingRound(i, c.ips, others_cores=c.others_cores, late_start_s=c.late_start_s))
+        r = b.saturation(path, layout, batch, b.args.seconds)
+        cpu, lat = r.cpu_cores, r.latency_ms
         e2e.append(
             PipelineRound(
-                round=i,
-                rps=r.rps,
-                p50_ms=r.latency_ms.p50,
-                p95_ms=r.latency_ms.p95 or float("nan"),
-                statuses=r.statuses or {},
-                others_cores=r.cpu_cores.get("others"),
-                workers_cores=r.cpu_cores.get("workers"),
+                i,
+                r.rps,
+                lat.p50,
+                lat.p95 or math.nan,
+                r.statuses or {},
+                cpu.get("others"),
+                cpu.get("workers"),
             )
         )
         log(
@@ -376,20 +355,12 @@ def drift_rounds(
             f"e2e {r.rps:.1f} req/s ({layout.name}, batch {batch})"
         )
     out = Rounds(
-        rule="best",
-        ceiling_config=BestConfig(layout.name, cfg.batch),
-        e2e_layout=layout.name,
-        e2e_max_batch=batch,
-        ceiling_seconds=args.round_ceiling_seconds,
-        e2e_seconds=args.seconds,
-        ceiling=ceilings,
-        e2e=e2e,
-        ceiling_best=max(x.ips for x in ceilings),
-        e2e_best=max(x.rps for x in e2e),
-    )
+        rule="best", ceiling_config=BestConfig(layout.name, cfg.batch), e2e_layout=layout.name, e2e_max_batch=batch,
+        ceiling_seconds=b.args.round_ceiling_seconds, e2e_seconds=b.args.seconds, ceiling=ceilings, e2e=e2e,
+        ceiling_best=max(x.ips for x in ceilings), e2e_best=max(x.rps for x in e2e),
+    )  # fmt: skip
     log(
-        f"rounds {name}: best e2e {out.e2e_best:.1f} / best ceiling {out.ceiling_best:.1f} = "
-        f"{out.e2e_best / out.ceiling_best:.3f}"
+        f"rounds {name}: best e2e {out.e2e_best:.1f} / best ceiling {out.ceiling_best:.1f} = {out.e2e_best / out.ceiling_best:.3f}"
     )
     return out
 
@@ -400,42 +371,38 @@ def _note_others(machine: Machine, when: str) -> None:
         log(f"other heavy processes {when}: {heavy}")
 
 
-def hits(stack: Stack, pool: list[Path], args: Args) -> LoadRun:
-    stack.flush_redis()
-    stack.start_workers(INT8_MODEL, 1, 2, 8, 16)
+def hits(b: Bench, pool: list[Path]) -> LoadRun:
+    b.stack.flush_redis()
+    b.stack.start_workers(INT8_MODEL, 1, 2, 8, 16)
     try:
+        connections = b.args.hit_connections
         r = pipeline.cache_hits(
-            stack, pool[POOL_SIZE - HIT_PHOTOS :], connections=args.hit_connections, seconds=args.hit_seconds
+            b.stack, pool[-HIT_PHOTOS:], connections=connections, seconds=b.args.hit_seconds
         )
     finally:
-        stack.stop_workers()
+        b.stack.stop_workers()
     log(
         f"cache hits: {r.rps:.0f} req/s, p50 {r.latency_ms.p50:.2f} ms ({r.tool}, "
-        f"{args.hit_connections} connections, load generator {r.loadgen_cpu_cores:.2f} cores)"
+        f"{connections} connections, load generator {r.loadgen_cpu_cores:.2f} cores)"
     )
     return r
 
 
-def profiles(
-    stack: Stack, photo_dir: Path, ceiling: dict[str, Ceiling], run_dir: Path
-) -> dict[str, Profile] | None:
+def profiles(b: Bench, ceiling: dict[str, Ceiling]) -> dict[str, Profile] | None:
     """Profile the gateway and the worker during int8 cache misses at saturation (1x2)."""
     if not profile.available():
         log("py-spy is not installed (requirements/perf.txt): no profiles")
         return None
-    batch = ceiling["int8"].best_batch["1x2"]
+    batch, stack = ceiling["int8"].best_batch["1x2"], b.stack
     stack.flush_redis()
     stack.start_workers(INT8_MODEL, 1, 2, batch, 2 * batch)
     try:
-        cmd = pipeline.loadgen_cmd(stack.base_url + "/predict", photo_dir, 0, POOL_SIZE - 300, 16, 9, 1)
+        cmd = pipeline.loadgen_cmd(stack.base_url + "/predict", b.photo_dir, 0, ONE_CLIENT_FIRST, 16, 9, 1)
         load = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
         time.sleep(1.5)
         assert stack.gateway is not None
-        files = profile.record(
-            {"gateway-misses": stack.gateway.pid, "worker-misses": stack.workers[0].pid},
-            7,
-            run_dir / "profiles",
-        )
+        pids = {"gateway-misses": stack.gateway.pid, "worker-misses": stack.workers[0].pid}
+        files = profile.record(pids, 7, b.run_dir / "profiles")
         load.communicate(timeout=60)
         return {name: profile.top(path) for name, path in files.items()}
     finally:
@@ -448,7 +415,7 @@ def parse_args() -> Args:
     for f in fields(Args):
         default = f.metadata.get("cli_default") or (
             f.default if f.default is not MISSING else f.default_factory()
-        )  # type: ignore[misc]
+        )
         flag, help_text = "--" + f.name.replace("_", "-"), f.metadata.get("help")
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=help_text)
@@ -467,70 +434,61 @@ def main() -> None:
     run_dir = RUN_DIR / f"bench-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
     phases: dict[str, float] = {}
-    with phase(phases, "models and photos"):
+    b = Bench(args, photo_dir=Path(), run_dir=run_dir, stack=Stack(run_dir), phases=phases)
+    with b.phase("models and photos"):
         models, pool = ensure_models_and_photos()
+    b.photo_dir = pool[0].parent
     waited = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
     host = machine()
+    heavy = f"; other heavy processes: {host.heavy_processes_before}" if host.heavy_processes_before else ""
     log(
-        f"{host.cpu} ({', '.join(host.cpu_flags or [])}); load average {host.load_avg_before}, busy cores "
-        f"{host.busy_cores_before}"
-        + (f"; other heavy processes: {host.heavy_processes_before}" if host.heavy_processes_before else "")
+        f"{host.cpu} ({', '.join(host.cpu_flags or [])}); load average {host.load_avg_before}, busy cores {host.busy_cores_before}{heavy}"
     )
-    photo_dir = pool[0].parent
-    sizes = [p.stat().st_size for p in pool]
-    with phase(phases, "seed's way"):
-        seed = seed_baseline(photo_dir, args.seed_seconds, args.seed_rounds)
-    with phase(phases, "agreement"):
-        agreement = agreements(photo_dir)
+    with b.phase("seed's way"):
+        seed = seed_baseline(b.photo_dir, args.seed_seconds, args.seed_rounds or 1)
+    with b.phase("agreement"):
+        agreement = agreements(b.photo_dir)
 
     ceilings: dict[str, Ceiling] = {}
     e2e: dict[str, dict[str, LoadRun]] = {}
     one_client: dict[str, OneClient] = {}
     rounds: dict[str, Rounds] = {}
-    stack = Stack(run_dir)
+    stack = b.stack
     try:
         stack.flush_redis()
         stack.start_gateway()
         # Per model, the ceiling right before the pipeline: the two sides of a ratio minutes apart at most.
         for name, path in (("fp32", FP32_MODEL), ("int8", INT8_MODEL)):
             _note_others(host, f"before {name}")
-            with phase(phases, f"{name}: ceiling"):
-                ceilings[name] = ceiling(name, path, photo_dir, args.ceiling_seconds)
-            with phase(phases, f"{name}: pipeline sweep and one client"):
-                e2e[name], one_client[name] = end_to_end(stack, name, path, photo_dir, ceilings[name], args)
-            with phase(phases, f"{name}: alternating rounds"):
-                rounds[name] = drift_rounds(stack, name, path, photo_dir, ceilings[name], args)
-        with phase(phases, "broker round trip"):
-            rtt = measure(BrokerRtt, "perf.broker_rtt", 120, photo_dir=photo_dir)
+            with b.phase(f"{name}: ceiling"):
+                ceilings[name] = ceiling(b, name, path)
+            with b.phase(f"{name}: pipeline sweep and one client"):
+                e2e[name], one_client[name] = end_to_end(b, name, path, ceilings[name])
+            with b.phase(f"{name}: alternating rounds"):
+                rounds[name] = drift_rounds(b, name, path, ceilings[name])
+        with b.phase("broker round trip"):
+            rtt = measure(BrokerRtt, "perf.broker_rtt", 120, photo_dir=b.photo_dir)
             log(
-                f"bare broker round trip ({rtt.queue_type} queue, {rtt.body_kib} KiB photos): "
-                f"p50 {rtt.rtt_ms['p50']:.1f} ms"
+                f"bare broker round trip ({rtt.queue_type} queue, {rtt.body_kib} KiB photos): p50 {rtt.rtt_ms['p50']:.1f} ms"
             )
-        with phase(phases, "cache hits"):
-            cache_hits = hits(stack, pool, args)
+        with b.phase("cache hits"):
+            cache_hits = hits(b, pool)
         points = shed_at = None
         if not args.no_stress:
             log(f"stress: locust, {args.stress_seconds:g} s per point, int8, users {args.stress_users}")
-            with phase(phases, "stress"):
-                points = stress.stress(
-                    stack,
-                    INT8_MODEL,
-                    list(LAYOUTS),
-                    args.stress_users,
-                    seconds=args.stress_seconds,
-                    photo_dir=photo_dir,
-                    max_batch=8,
-                    out_dir=run_dir / "stress",
-                )
+            with b.phase("stress"):
+                points = stress.stress(stack, INT8_MODEL, list(LAYOUTS), args.stress_users, seconds=args.stress_seconds,
+                                       photo_dir=b.photo_dir, max_batch=8, out_dir=run_dir / "stress")  # fmt: skip
             shed_at = {lay.name: stress.shed_point(Settings.from_env(), lay, 8) for lay in LAYOUTS}
         profiled = None
         if not args.no_profile:
             log("profiling the gateway and a worker (py-spy) under int8 cache misses")
-            with phase(phases, "profiles"):
-                profiled = profiles(stack, photo_dir, ceilings, run_dir)
+            with b.phase("profiles"):
+                profiled = profiles(b, ceilings)
     finally:
         stack.close()
 
+    sizes = [p.stat().st_size for p in pool]
     host.load_avg_after = [round(x, 2) for x in os.getloadavg()]
     settings = Settings.from_env()
     run = Results(
@@ -539,9 +497,7 @@ def main() -> None:
         models=models,
         machine=host,
         photos=results.Photos(
-            count=len(pool),
-            mean_kib=round(sum(sizes) / len(sizes) / 1024, 1),
-            dir=str(photo_dir.relative_to(REPO_ROOT)),
+            len(pool), round(sum(sizes) / len(sizes) / 1024, 1), str(b.photo_dir.relative_to(REPO_ROOT))
         ),
         settings={f.name: str(getattr(settings, f.name)) for f in fields(settings) if "url" not in f.name},
         seed=seed,
