@@ -21,7 +21,6 @@ test: setup-dev services system-packages models
 # The benchmark (perf/REPORT.md): makes its own ResNet50 random-weight models once; under 10 minutes.
 bench: services
 	scripts/setup_venv.sh perf
-	perf/ensure_wrk.sh
 	$(PY) -m perf.bench $(BENCH_ARGS)
 
 setup-run:

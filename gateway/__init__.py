@@ -23,7 +23,8 @@ from gateway.routes import setup_routes
 from gateway.rpc import MESSAGE_OVERHEAD_BYTES, RpcClient
 from gateway.service import Predictor
 from gateway.state import GATEWAY, Gateway
-from gateway.uploads import UploadStore
+from gateway.store import UploadStore
+from gateway.uploads import ReadLimits
 
 __all__ = ["ConfigurationError", "check_settings", "init_app"]
 
@@ -78,6 +79,7 @@ def init_app(settings: Settings) -> web.Application:
         predictor=Predictor(settings, store, cache, rpc, metrics, admission),
         admission=admission,
         readiness=ReadinessProbe(rpc, cache, metrics),
+        read_limits=ReadLimits.from_settings(settings),
     )
     setup_templates(app)
     setup_routes(app)

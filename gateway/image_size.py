@@ -9,7 +9,7 @@ Anything this parser does not understand is left to the worker: it returns None.
 from __future__ import annotations
 
 from gateway.errors import UnprocessableImage
-from gateway.uploads import BMP, GIF, JPEG, PNG, WEBP, ImageKind, Upload
+from gateway.images import BMP, GIF, JPEG, PNG, WEBP, ImageKind, Upload
 
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): they hold the size.
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})

@@ -1,4 +1,8 @@
-"""Cross-cutting concerns: metrics, error translation, the in-flight bound, security headers.
+"""Cross-cutting concerns: metrics, error rendering, the in-flight bound, security headers.
+
+Errors are rendered here, next to the middleware that catches them: the
+contract's JSON error body, the page for handlers marked :func:`html_errors`, or
+a protocol's own body for handlers marked :func:`error_body_shape`.
 
 Order (outermost first): metrics sees the final status of every request,
 errors turns exceptions into responses, the in-flight bound sheds load before
@@ -16,7 +20,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 from aiohttp.web_urldispatcher import SystemRoute
 
-from gateway.errors import GatewayError, error_response
+from gateway.errors import GatewayError
+from gateway.pages import render_page
 from gateway.state import GATEWAY
 
 log = logging.getLogger(__name__)
@@ -24,6 +29,10 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _H = TypeVar("_H", bound=Callable[..., Any])
 _BOUNDED_ATTR = "__gateway_in_flight_bounded__"
+_HTML_ERRORS_ATTR = "__gateway_html_errors__"
+_ERROR_BODY_ATTR = "__gateway_error_body__"
+HtmlPredicate = Callable[[web.Request], bool]
+ErrorBody = Callable[[str], dict[str, Any]]
 
 # The page: our own CSS and images only, no script at all, no framing, forms post to us only.
 PAGE_CSP = (
@@ -45,11 +54,54 @@ _HTTP_MESSAGES = {
 def in_flight_bounded(handler: _H) -> _H:
     """Mark a handler that counts against MAX_IN_FLIGHT for its whole run.
 
-    The upload routes do not use it: their predictor takes a receiving slot while
-    the body arrives and a MAX_IN_FLIGHT slot only once it is in (gateway.admission).
+    The upload routes do not use it: they take a receiving slot while the body arrives
+    (gateway.receive) and a MAX_IN_FLIGHT slot only once it is in (gateway.admission).
     """
     setattr(handler, _BOUNDED_ATTR, True)
     return handler
+
+
+def error_body(message: str) -> dict[str, Any]:
+    """The contract's error body: the seed's keys keep their meaning, ``error`` says why."""
+    return {"success": False, "prediction": None, "score": None, "error": message}
+
+
+def error_body_shape(shape: ErrorBody) -> Callable[[_H], _H]:
+    """Mark a handler whose JSON errors take another shape (a protocol's own, e.g. ``{"error"}``)."""
+
+    def mark(handler: _H) -> _H:
+        setattr(handler, _ERROR_BODY_ATTR, shape)
+        return handler
+
+    return mark
+
+
+def html_errors(predicate: HtmlPredicate = lambda request: True) -> Callable[[_H], _H]:
+    """Mark a handler whose errors are shown on the page (when ``predicate(request)``)."""
+
+    def mark(handler: _H) -> _H:
+        setattr(handler, _HTML_ERRORS_ATTR, predicate)
+        return handler
+
+    return mark
+
+
+def wants_html(request: web.Request) -> bool:
+    """Whether this request's errors are rendered as the page rather than JSON."""
+    match_info = request.match_info
+    handler = getattr(match_info, "handler", None) if match_info is not None else None
+    predicate: HtmlPredicate | None = getattr(handler, _HTML_ERRORS_ATTR, None)
+    return predicate is not None and predicate(request)
+
+
+def error_response(request: web.Request, status: int, message: str, headers: dict[str, str]) -> web.Response:
+    """The response for a failed request: the page with the message, or the JSON error body."""
+    if wants_html(request):
+        return render_page(request, {"error": message}, status=status, headers=headers)
+    match_info = request.match_info
+    handler = getattr(match_info, "handler", None) if match_info is not None else None
+    shape: ErrorBody = getattr(handler, _ERROR_BODY_ATTR, error_body)
+    return web.json_response(shape(message), status=status, headers=headers)
 
 
 def route_label(request: web.Request) -> str:

@@ -34,11 +34,11 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
     ServiceUnavailable,
-    error_body_shape,
 )
+from gateway.middleware import error_body_shape
+from gateway.receive import receive_body
 from gateway.service import PredictionResult
 from gateway.state import GATEWAY
-from gateway.uploads import read_body
 
 SERVER_NAME = "image-classification-serving"
 EXTENSIONS = ("classification", "binary_tensor_data", "model_repository")
@@ -116,7 +116,7 @@ async def repository_index(request: web.Request) -> web.Response:
 
     Body optional: ``{"ready": true}`` lists only a model that can infer now.
     """
-    body = await _read_body(request, JSON_OVERHEAD)
+    body = await receive_body(request, JSON_OVERHEAD)
     only_ready = False
     if body.strip():
         try:
@@ -192,7 +192,7 @@ async def infer(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     model = await _served_model(request)
     limit = gateway.settings.max_upload_bytes
-    body = await _read_body(request, limit * 4 // 3 + JSON_OVERHEAD)  # base64 in JSON is 4/3 the bytes
+    body = await receive_body(request, limit * 4 // 3 + JSON_OVERHEAD)  # base64 in JSON is 4/3 the bytes
     parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
     if sum(len(image) for image in parsed.images) > limit:
         raise PayloadTooLarge(
@@ -213,15 +213,6 @@ async def infer(request: web.Request) -> web.Response:
             raise outcome
     results: list[PredictionResult] = outcomes  # type: ignore[assignment]
     return infer_response(model, parsed, results)
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, read as an upload is (gateway.uploads.read_body): a receiving slot
-    while it arrives, every byte counted against ``limit``, the upload deadline and pace."""
-    predictor = request.app[GATEWAY].predictor
-    predictor.admission.check_waiting_room()
-    with predictor.admission.receiving_slot() as received:
-        return await read_body(request, predictor.read_limits, limit, received.hold)
 
 
 def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from gateway import oip, openapi, views
+from gateway.expect import expect_upload
 from gateway.pages import STATIC_DIR
-from gateway.state import GATEWAY
-from gateway.uploads import MULTIPART_OVERHEAD
-
-
-async def expect_upload(request: web.Request) -> None:
-    """``Expect: 100-continue`` on an upload: only invite the body when its size is acceptable.
-
-    For an oversized Content-Length we send no "100 Continue", so the handler's
-    413 reaches the client before it sends the body (curl waits for it).
-    """
-    limit = request.app[GATEWAY].settings.max_upload_bytes + MULTIPART_OVERHEAD
-    if request.content_length is not None and request.content_length > limit:
-        return None
-    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and request.version >= (1, 1):
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        request.writer.output_size = 0
-        return None
-    raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers.get(hdrs.EXPECT)}")
 
 
 def setup_routes(app: web.Application) -> None:

@@ -1,7 +1,9 @@
-"""The prediction service: the one code path behind both ``POST /predict`` and the page's ``POST /``.
+"""The prediction service: the one code path behind ``POST /predict``, the page's ``POST /`` and v2 ``infer``.
 
-upload -> store -> (single-flight per image) cache look-up -> RPC to a worker.
-Broker-level failures are translated here into the gateway's HTTP errors.
+upload -> (single-flight per image) cache look-up -> RPC to a worker -> store.
+It takes plain values (an :class:`~gateway.images.Upload`, or an image's bytes) and
+knows no HTTP: the views read the request (gateway.receive). Broker-level failures
+are translated here into the gateway's error types (gateway.errors), each with its status.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-
-from aiohttp import web
 
 from common.contract import (
     MAX_TOP_K,
@@ -38,6 +38,7 @@ from gateway.errors import (
     UnsupportedMediaType,
 )
 from gateway.image_size import check_pixel_limit
+from gateway.images import ACCEPTED_NAMES, SNIFF_BYTES, Upload, sniff_image_type
 from gateway.metrics import GatewayMetrics
 from gateway.rpc import (
     BrokerUnavailable,
@@ -48,15 +49,7 @@ from gateway.rpc import (
     RpcClient,
 )
 from gateway.singleflight import SingleFlight
-from gateway.uploads import (
-    ACCEPTED_NAMES,
-    SNIFF_BYTES,
-    ReadLimits,
-    Upload,
-    UploadStore,
-    read_upload,
-    sniff_image_type,
-)
+from gateway.store import UploadStore
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +110,6 @@ class Predictor:
     ) -> None:
         self.settings = settings
         self.admission = admission
-        self.read_limits = ReadLimits.from_settings(settings)
         self.store = store
         self.cache = cache
         self.rpc = rpc
@@ -125,15 +117,6 @@ class Predictor:
         self._flights: SingleFlight[tuple[SuccessReply, bool]] = SingleFlight(
             on_join=metrics.shared_flights.inc
         )
-
-    async def predict(self, request: web.Request, top_k: int) -> PredictionResult:
-        started = time.perf_counter()
-        # No worker slot could take it: refuse before reading a body we would throw away.
-        self.admission.check_waiting_room()
-        # While the body arrives it holds a receiving slot, never one of MAX_IN_FLIGHT.
-        with self.admission.receiving_slot() as received:
-            upload = await read_upload(request, self.read_limits, received.hold)
-        return await self.predict_upload(upload, top_k=top_k, started=started)
 
     def image_upload(self, data: bytes) -> Upload:
         """An image given as bytes (not read from a request), checked as an upload would be:
@@ -166,7 +149,11 @@ class Predictor:
     async def predict_upload(
         self, upload: Upload, *, top_k: int, probabilities: bool = False, started: float | None = None
     ) -> PredictionResult:
-        """Classify a received upload: the cache or a worker (single-flight); then store it."""
+        """Classify a received upload: the cache or a worker (single-flight); then store it.
+
+        ``started``: when the request began (``time.perf_counter()``), so that the reported
+        latency includes receiving the upload; by default, now.
+        """
         started = time.perf_counter() if started is None else started
         self.admission.check_waiting_room()
         check_pixel_limit(upload, self.settings.max_pixels)  # a bomb is never published

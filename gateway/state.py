@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from gateway.readiness import ReadinessProbe
     from gateway.rpc import RpcClient
     from gateway.service import Predictor
-    from gateway.uploads import UploadStore
+    from gateway.store import UploadStore
+    from gateway.uploads import ReadLimits
 
 
 @dataclass(slots=True)
@@ -33,6 +34,8 @@ class Gateway:
     predictor: Predictor
     admission: Admission
     readiness: ReadinessProbe
+    # What a client must respect while its body arrives (gateway.receive).
+    read_limits: ReadLimits
     shutting_down: bool = field(default=False)
 
 

@@ -1,23 +1,17 @@
-"""Uploads: a streaming read with a size limit, type sniffing by content, a content-addressed store.
+"""Reading an upload from a request: a streaming read with limits on size, time and pace.
 
-The type of an upload is judged by its first bytes (magic numbers), never by its
-name or declared content type. A stored upload is named ``<sha256>.<ext>``; the
-name is its id on the page, in /predict's answer and in /feedback.
+The bytes are checked as they arrive (413, 408, 400) and typed by content
+(:mod:`gateway.images`, 415); what comes out is a plain :class:`~gateway.images.Upload`.
+The content-addressed store is :mod:`gateway.store`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
-import os
-import re
-import tempfile
 import warnings
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import BodyPartReader, MultipartReader, StreamReader, hdrs, web
 from aiohttp.client_exceptions import ClientPayloadError
@@ -25,9 +19,47 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from common.settings import Settings
 from gateway.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
-from gateway.metrics import GatewayMetrics
+from gateway.images import (
+    ACCEPTED_NAMES,
+    BMP,
+    GIF,
+    JPEG,
+    KINDS_BY_EXT,
+    PNG,
+    SNIFF_BYTES,
+    TIFF,
+    WEBP,
+    ImageKind,
+    Upload,
+    sniff_image_type,
+    upload_kind,
+)
+from gateway.store import UploadStore
 
-log = logging.getLogger(__name__)
+# The image types and the store were here before they had modules of their own; old imports keep working.
+__all__ = [
+    "ACCEPTED_NAMES",
+    "BMP",
+    "FILE_FIELD",
+    "GIF",
+    "JPEG",
+    "KINDS_BY_EXT",
+    "MULTIPART_OVERHEAD",
+    "PNG",
+    "SNIFF_BYTES",
+    "TIFF",
+    "UPLOAD_GRACE_S",
+    "WEBP",
+    "ImageKind",
+    "ReadLimits",
+    "Upload",
+    "UploadStore",
+    "read_body",
+    "read_upload",
+    "refuse_content_encoding",
+    "sniff_image_type",
+    "upload_kind",
+]
 
 FILE_FIELD = "file"
 CHUNK_SIZE = 64 * 1024
@@ -41,68 +73,6 @@ MAX_MULTIPART_LINES = 256
 YIELD_EVERY_READS = 16
 # Seconds an upload may take before its average pace is held to UPLOAD_MIN_RATE_KB_S.
 UPLOAD_GRACE_S = 5.0
-# Ids of evicted uploads remembered for feedback (about 100 bytes each).
-REMEMBER_EVICTED = 65_536
-
-
-@dataclass(frozen=True, slots=True)
-class ImageKind:
-    """An accepted image type: the extension we store it under and its content type."""
-
-    ext: str
-    content_type: str
-
-
-JPEG = ImageKind("jpg", "image/jpeg")
-PNG = ImageKind("png", "image/png")
-GIF = ImageKind("gif", "image/gif")
-WEBP = ImageKind("webp", "image/webp")
-BMP = ImageKind("bmp", "image/bmp")
-TIFF = ImageKind("tiff", "image/tiff")
-KINDS_BY_EXT = {kind.ext: kind for kind in (JPEG, PNG, GIF, WEBP, BMP, TIFF)}
-ACCEPTED_NAMES = "JPEG, PNG, GIF, WebP, BMP or TIFF"
-
-# fullmatch, not `$`: `$` would also accept a trailing newline.
-UPLOAD_ID_RE = re.compile(r"[0-9a-f]{64}\.(jpg|png|gif|webp|bmp|tiff)")
-# Sizes of the BMP info headers in the wild (core, v2..v5); "BM" alone is too weak a signature.
-_BMP_DIB_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
-SNIFF_BYTES = 32
-
-
-def sniff_image_type(head: bytes) -> ImageKind | None:
-    """The image type of a file from its first bytes, or None if it is not one we accept."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return JPEG
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return PNG
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return GIF
-    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return WEBP
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return TIFF
-    if len(head) >= 18 and head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_DIB_SIZES:
-        return BMP
-    return None
-
-
-def upload_kind(image_id: str) -> ImageKind | None:
-    """The type of a stored upload from its id, or None when the id is not well formed."""
-    match = UPLOAD_ID_RE.fullmatch(image_id)
-    return KINDS_BY_EXT[match.group(1)] if match else None
-
-
-@dataclass(frozen=True, slots=True)
-class Upload:
-    """One received image: its bytes (unchanged), digest and sniffed type."""
-
-    data: bytes
-    sha256: str
-    kind: ImageKind
-
-    @property
-    def image_id(self) -> str:
-        return f"{self.sha256}.{self.kind.ext}"
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -320,118 +290,3 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     # read_chunk() returns raw (still transfer-encoded) bytes: browsers never encode file parts.
     while chunk := await part.read_chunk(CHUNK_SIZE):
         yield chunk
-
-
-class UploadStore:
-    """Uploads on disk under their content address ``<sha256>.<ext>``, within a byte quota.
-
-    Only images a worker decoded are saved (the caller's rule). Beyond ``quota_bytes``
-    the least recently used ones (saved, served or reported on) are deleted; their
-    ids are remembered (up to ``REMEMBER_EVICTED``) so that feedback on a page that
-    still shows one is accepted. The index lives in this process: gateways sharing
-    one folder each hold their own view (each keeps the folder within its quota).
-    """
-
-    def __init__(
-        self, root: Path, quota_bytes: int = 1024 * 1024 * 1024, metrics: GatewayMetrics | None = None
-    ) -> None:
-        self.root = root
-        self._metrics = metrics
-        self.quota_bytes = quota_bytes
-        self.used_bytes = 0
-        self._sizes: OrderedDict[str, int] = OrderedDict()  # least recently used first
-        self._evicted: OrderedDict[str, None] = OrderedDict()
-        self._scan()
-
-    def _scan(self) -> None:
-        """Index what an earlier run left (oldest first), drop half-written files, apply the quota."""
-        if not self.root.is_dir():
-            return
-        found: list[tuple[float, str, int]] = []
-        for entry in os.scandir(self.root):
-            if entry.name.startswith(".incoming-"):
-                Path(entry.path).unlink(missing_ok=True)
-            elif upload_kind(entry.name) is not None and entry.is_file():
-                stat = entry.stat()
-                found.append((stat.st_mtime, entry.name, stat.st_size))
-        for _, name, size in sorted(found):
-            self._sizes[name] = size
-            self.used_bytes += size
-        for victim in self._make_room(0):
-            (self.root / victim).unlink(missing_ok=True)
-
-    def _make_room(self, size: int) -> list[str]:
-        """Forget least recently used images until ``size`` more bytes fit; the ids to delete."""
-        victims: list[str] = []
-        while self._sizes and self.used_bytes + size > self.quota_bytes:
-            victim, victim_size = self._sizes.popitem(last=False)
-            self.used_bytes -= victim_size
-            self._remember_evicted(victim)
-            victims.append(victim)
-        if self._metrics is not None:
-            self._metrics.store_evictions.inc(len(victims))
-            self._metrics.store_bytes.set(self.used_bytes + size)
-        return victims
-
-    def _remember_evicted(self, image_id: str) -> None:
-        self._evicted[image_id] = None
-        self._evicted.move_to_end(image_id)
-        while len(self._evicted) > REMEMBER_EVICTED:
-            self._evicted.popitem(last=False)
-
-    async def save(self, upload: Upload) -> bool:
-        """Keep a decoded upload (within the quota); False when it could not be (too big, disk error)."""
-        image_id = upload.image_id
-        if image_id in self._sizes:
-            self._sizes.move_to_end(image_id)
-            return True
-        size = len(upload.data)
-        if size > self.quota_bytes:
-            log.warning("not storing %s: %d bytes is over the store's quota", image_id[:12], size)
-            return False
-        # The books are kept on the loop; the disk work (write, deletions) in a thread.
-        victims = self._make_room(size)
-        self._sizes[image_id] = size
-        self.used_bytes += size
-        self._evicted.pop(image_id, None)
-        try:
-            await asyncio.to_thread(self._save_sync, upload, victims)
-        except OSError as exc:
-            log.warning("could not store upload %s: %s", image_id[:12], exc)
-            if self._sizes.pop(image_id, None) is not None:
-                self.used_bytes -= size
-            return False
-        return True
-
-    def _save_sync(self, upload: Upload, victims: list[str]) -> None:
-        for victim in victims:  # first, so the folder never holds more than the quota
-            (self.root / victim).unlink(missing_ok=True)
-        target = self.root / upload.image_id
-        if target.exists():
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        # Temp file + rename: a reader never sees a half-written image, and two
-        # writers of the same content both end with the same whole file.
-        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".incoming-", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(upload.data)
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-
-    def path_for(self, image_id: str) -> Path | None:
-        """The file of a stored upload (now the most recently used), or None. The id is validated first."""
-        if upload_kind(image_id) is None:
-            return None
-        path = self.root / image_id
-        if not path.is_file():
-            return None
-        if image_id in self._sizes:
-            self._sizes.move_to_end(image_id)
-        return path
-
-    def was_stored(self, image_id: str) -> bool:
-        """Whether this id is stored now or was evicted lately (feedback on it is still welcome)."""
-        return image_id in self._evicted or self.path_for(image_id) is not None

@@ -1,25 +1,29 @@
-"""HTTP handlers, kept thin: parse the request, call a service, shape the answer.
+"""HTTP handlers, kept thin: read the request, call a service with plain values, shape the answer.
 
 Failures are raised as :class:`~gateway.errors.GatewayError`; the error
 middleware renders them as JSON, or as the page for handlers marked
-:func:`~gateway.errors.html_errors`.
+:func:`~gateway.middleware.html_errors`.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
 from common.contract import MAX_TOP_K
-from gateway.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType, html_errors
+from gateway.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
 from gateway.feedback import FeedbackEntry
+from gateway.images import upload_kind
+from gateway.middleware import html_errors
 from gateway.pages import STATIC_DIR, render_page
-from gateway.service import parse_top_k
+from gateway.receive import receive_upload
+from gateway.service import PredictionResult, parse_top_k
 from gateway.state import GATEWAY
-from gateway.uploads import refuse_content_encoding, upload_kind
+from gateway.uploads import refuse_content_encoding
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 FEEDBACK_MAX_BYTES = 64 * 1024
@@ -41,15 +45,21 @@ async def index(request: web.Request) -> web.Response:
 @html_errors()
 async def upload_page(request: web.Request) -> web.Response:
     """POST /: classify the form's upload and show the result on the page."""
-    result = await request.app[GATEWAY].predictor.predict(request, top_k=MAX_TOP_K)
+    result = await _classify_upload(request, top_k=MAX_TOP_K)
     return render_page(request, {"result": result})
 
 
 async def predict(request: web.Request) -> web.Response:
     """POST /predict: multipart field ``file`` or a raw image body; ``?top_k=1..5``."""
     top_k = parse_top_k(request.query.get("top_k"))  # before the upload is read
-    result = await request.app[GATEWAY].predictor.predict(request, top_k=top_k)
+    result = await _classify_upload(request, top_k=top_k)
     return web.json_response(result.to_json())
+
+
+async def _classify_upload(request: web.Request, top_k: int) -> PredictionResult:
+    started = time.perf_counter()  # the reported latency includes receiving the upload
+    upload = await receive_upload(request)
+    return await request.app[GATEWAY].predictor.predict_upload(upload, top_k=top_k, started=started)
 
 
 @html_errors(_is_form)

@@ -1,5 +1,5 @@
-"""Performance harness: load tests (locust), the benchmark (``python -m perf.bench``) and its report.
+"""Performance harness: the benchmark (``python -m perf.bench``), its typed results and report, load tests.
 
-Nothing here is imported by the services or the test suite; locust is imported
-by ``perf/locustfile.py`` only, which runs in a locust process of its own.
+Never imported by the services; the test suite imports only :mod:`perf.results` and :mod:`perf.report`
+(no measuring). locust is imported by ``perf/locustfile.py`` only, in a locust process of its own.
 """

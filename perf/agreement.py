@@ -44,7 +44,7 @@ def agreement(fp32: Path, int8: Path, bodies: list[bytes], threads: int, margin:
         "agreement_decisive": float(same[decisive].mean()) if decisive.any() else float("nan"),
         "margin": margin,
         "top5_overlap": float(top5),
-        "fp32_distinct_top1": int(len(set(top_a.tolist()))),
+        "fp32_distinct_top1": len(set(top_a.tolist())),
         "max_abs_prob_diff": float(np.abs(pa - pb).max()),
     }
 
@@ -56,7 +56,9 @@ def main() -> None:
     parser.add_argument("--photo-dir", type=Path, required=True)
     parser.add_argument("--count", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--margin", type=float, default=0.2, help="the converter's --decisive-margin (default 0.2)")
+    parser.add_argument(
+        "--margin", type=float, default=0.2, help="the converter's --decisive-margin (default 0.2)"
+    )
     args = parser.parse_args()
     bodies = [p.read_bytes() for p in sorted(args.photo_dir.glob("*.jpg"))[: args.count]]
     print(json.dumps(agreement(args.fp32, args.int8, bodies, args.threads, args.margin)))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -29,65 +30,105 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import MISSING, dataclass, field, fields
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import psutil
 
+from common.cpu import VNNI_FLAGS, this_cpu
 from common.model_file import model_version
 from common.settings import Settings
-from perf import photos, pipeline, plots, profile, report, stress
-from perf.paths import (
-    FP32_MODEL, INT8_MODEL, MODELS_DIR, PLOTS_DIR, REPO_ROOT, REPORT_PATH, RESULTS_DIR, RUN_DIR,
-)
+from perf import photos, pipeline, plots, profile, report, results, stress
 from perf.ceiling import run_layout
+from perf.paths import (
+    FP32_MODEL,
+    INT8_MODEL,
+    MODELS_DIR,
+    PLOTS_DIR,
+    REPO_ROOT,
+    REPORT_PATH,
+    RESULTS_DIR,
+    RUN_DIR,
+)
 from perf.pipeline import Layout
+from perf.results import (
+    Agreement,
+    Args,
+    BestConfig,
+    BrokerRtt,
+    Ceiling,
+    CeilingRound,
+    CeilingRun,
+    LoadRun,
+    Machine,
+    ModelFile,
+    OneClient,
+    PipelineRound,
+    Profile,
+    Results,
+    Rounds,
+    Seed,
+    from_dict,
+)
 from perf.services import Stack
 from perf.stats import machine_busy_cores
 
 LAYOUTS = (Layout(1, 2), Layout(2, 1))
 POOL_SIZE = 1500
-HIT_PHOTOS = 16  # the small pool for cache hits
-LITE0 = (REPO_ROOT / "models" / "efficientnet-lite0.onnx", REPO_ROOT / "models" / "efficientnet-lite0-int8.onnx")
+HIT_PHOTOS = 16  # the small pool for cache hits (the pool's last photos)
+ONE_CLIENT_FIRST = (
+    POOL_SIZE - 300
+)  # the pool's last 300 photos: the one-client runs, never seen at saturation
+LITE0 = (
+    REPO_ROOT / "models" / "efficientnet-lite0.onnx",
+    REPO_ROOT / "models" / "efficientnet-lite0-int8.onnx",
+)
+
+T = TypeVar("T")
 
 
 def log(text: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-@contextmanager
-def phase(results: dict[str, Any], name: str) -> Iterator[None]:
-    """Time one part of the run into ``results["phases_s"]`` (the budget is 10 minutes in all)."""
-    t = time.monotonic()
-    try:
-        yield
-    finally:
-        results.setdefault("phases_s", {})[name] = round(time.monotonic() - t, 1)
-
-
-def _json_from(cmd: list[str], timeout: float) -> dict[str, Any]:
-    out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+def measure(cls: type[T], module: str, timeout: float, *flags: str, **options: object) -> T:
+    """Run ``python -m module --option value ... --flag`` in a process of its own and read the JSON line
+    it prints last as ``cls`` (a results dataclass, or ``dict``)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        module,
+        *(a for k, v in options.items() for a in (f"--{k.replace('_', '-')}", str(v))),
+    ]
+    out = subprocess.run([*cmd, *flags], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
     if out.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return data if cls is dict else from_dict(cls, data)  # type: ignore[no-any-return]
 
 
-def ensure_models_and_photos() -> tuple[dict[str, Any], list[Path]]:
+def ensure_models_and_photos() -> tuple[dict[str, ModelFile], list[Path]]:
     """Make the random-weight ResNet50 fp32 + int8 once (the converter peaks at ~8 GB: one
     conversion at a time on the machine), and the photo pool meanwhile (nothing is measured yet)."""
     converting: subprocess.Popen[bytes] | None = None
     if not (FP32_MODEL.exists() and INT8_MODEL.exists()):
-        busy = [p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
-                if "converter" in " ".join(p.info["cmdline"] or []) and p.info["pid"] != os.getpid()]
+        busy = [
+            p.info["pid"]
+            for p in psutil.process_iter(["pid", "cmdline"])
+            if "converter" in " ".join(p.info["cmdline"] or []) and p.info["pid"] != os.getpid()
+        ]
         if busy:
             log(f"another converter is running (pids {busy}); waiting for it before converting")
             psutil.wait_procs([psutil.Process(p) for p in busy if psutil.pid_exists(p)], timeout=900)
         log("making ResNet50 (random weights) fp32 + int8 with the converter (a few minutes, once)")
         # Fewer calibration and agreement inputs than the converter's defaults: random weights make
         # the int8 model's accuracy meaningless, and its speed does not depend on them (saves ~25 s).
-        converting = subprocess.Popen([sys.executable, "-m", "converter", "resnet50", "--weights", "random",
-                                       "--int8", "--calibration-count", "100", "--agreement-count", "128",
-                                       "--out-dir", str(MODELS_DIR)], cwd=REPO_ROOT)
+        resnet50 = "resnet50 --weights random --int8 --calibration-count 100 --agreement-count 128 --out-dir"
+        converting = subprocess.Popen(
+            [sys.executable, "-m", "converter", *resnet50.split(), str(MODELS_DIR)], cwd=REPO_ROOT
+        )
     t = time.monotonic()
     pool = photos.make_pool(POOL_SIZE)
     if converting is not None:
@@ -99,31 +140,39 @@ def ensure_models_and_photos() -> tuple[dict[str, Any], list[Path]]:
         # (real ImageNet weights, what `make models` builds) is the meaningful check on these photos.
         log("making EfficientNet-Lite0 fp32 + int8 (real weights) for the agreement check")
         t = time.monotonic()
-        subprocess.run([sys.executable, "-m", "converter", "efficientnet-lite0", "--int8"], cwd=REPO_ROOT, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "converter", "efficientnet-lite0", "--int8"], cwd=REPO_ROOT, check=True
+        )
         log(f"EfficientNet-Lite0 made in {time.monotonic() - t:.0f} s")
     return _model_facts(), pool
 
 
-def _model_facts() -> dict[str, Any]:
+def _model_facts() -> dict[str, ModelFile]:
     return {
-        name: {"path": str(path.relative_to(REPO_ROOT)), "version": model_version(path),
-               "size_mb": round(path.stat().st_size / 1e6, 1)}
+        name: ModelFile(
+            path=str(path.relative_to(REPO_ROOT)),
+            version=model_version(path),
+            size_mb=round(path.stat().st_size / 1e6, 1),
+        )
         for name, path in (("fp32", FP32_MODEL), ("int8", INT8_MODEL))
     }
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "host": platform.node(),
-        "cpu": platform.processor() or _cpu_model(),
-        "cores": psutil.cpu_count(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "onnxruntime": _version("onnxruntime"),
-        "load_avg_before": [round(x, 2) for x in os.getloadavg()],
-        "busy_cores_before": round(machine_busy_cores(2.0), 2),
-        "heavy_processes_before": _heavy_processes(),
-    }
+def machine() -> Machine:
+    cpu = this_cpu()  # the int8 speed-up depends on the CPU's int8 instructions (VNNI or not)
+    return Machine(
+        host=platform.node(),
+        cpu=cpu.model,
+        cpu_flags=sorted(cpu.flags & (VNNI_FLAGS | {"avx2", "avx512f"})),
+        vnni=cpu.vnni,
+        cores=psutil.cpu_count() or 0,
+        memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
+        python=platform.python_version(),
+        onnxruntime=_version("onnxruntime"),
+        load_avg_before=[round(x, 2) for x in os.getloadavg()],
+        busy_cores_before=round(machine_busy_cores(2.0), 2),
+        heavy_processes_before=_heavy_processes(),
+    )
 
 
 def wait_quiet(limit_s: float, busy_below: float = 0.3, calm_checks: int = 3) -> float:
@@ -138,19 +187,7 @@ def wait_quiet(limit_s: float, busy_below: float = 0.3, calm_checks: int = 3) ->
     return round(waited, 1)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version(package)
     except PackageNotFoundError:
@@ -177,256 +214,320 @@ def _heavy_processes(threshold: float = 20.0) -> list[str]:
     return heavy
 
 
-def ceiling(name: str, path: Path, photo_dir: Path, seconds: float) -> dict[str, Any]:
+@dataclass
+class Bench:
+    """What every part of one run shares: its options, its photos, the services and each part's time."""
+
+    args: Args
+    photo_dir: Path
+    run_dir: Path
+    stack: Stack
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time one part of the run (the budget is 10 minutes in all)."""
+        t = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(time.monotonic() - t, 1)
+
+    def ceiling_runs(
+        self, model: Path, layout: Layout, batches: list[int], seconds: float
+    ) -> list[CeilingRun]:
+        return run_layout(model, self.photo_dir, processes=layout.workers, threads=layout.threads,
+                          batches=batches, seconds=seconds, count=400)  # fmt: skip
+
+    def saturation(self, model: Path, layout: Layout, batch: int, seconds: float) -> LoadRun:
+        """Cache misses at saturation, on the photos the one-client runs never see."""
+        return pipeline.saturation(self.stack, model, layout, max_batch=batch, photo_dir=self.photo_dir,
+                                   first=0, count=ONE_CLIENT_FIRST, seconds=seconds, warmup=self.args.warmup)  # fmt: skip
+
+
+def ceiling(b: Bench, name: str, path: Path) -> Ceiling:
     """The in-process ceiling of one model: every layout and batch size, plus ORT batch-1 latency."""
-    base = [sys.executable, "-m", "perf.ceiling", "--model", str(path), "--photo-dir", str(photo_dir)]
-    lat = _json_from(base + ["--threads", "2", "--latency"], 300)
-    configs = []
+    lat = measure(dict, "perf.ceiling", 300, "--latency", model=path, photo_dir=b.photo_dir, threads=2)
     # 1x2 at batch 1 is never the best (its batch-1 latency is measured above); 2x1 at batch 1 has been.
-    for layout, batches in ((Layout(1, 2), [8, 16]), (Layout(2, 1), [1, 8])):
-        configs += run_layout(path, photo_dir, processes=layout.workers, threads=layout.threads, batches=batches,
-                              seconds=seconds, count=400)
-    best = max(configs, key=lambda c: c["ips"])
+    configs = [
+        run
+        for layout, batches in ((Layout(1, 2), [8, 16]), (Layout(2, 1), [1, 8]))
+        for run in b.ceiling_runs(path, layout, batches, b.args.ceiling_seconds)
+    ]
+    best = max(configs, key=lambda c: c.ips)
     # The workers' MAX_BATCH per layout: the ceiling's best among the micro-batch sizes (>= 8); a batch
     # of 1 in the worker pays its per-batch costs (thread hops, publish, Redis, ack) once per image.
-    best_batch = {lay.name: max((c for c in configs if c["layout"] == lay.name and c["batch"] >= 8),
-                                key=lambda c: c["ips"])["batch"] for lay in LAYOUTS}
-    log(f"ceiling {name}: best {best['ips']:.1f} img/s ({best['layout']}, batch {best['batch']}); "
-        f"ORT batch-1 p50 {lat['ort_batch1_ms']['p50']:.1f} ms; decode {lat['decode_ms']:.1f} ms")
-    return {"configs": configs, "best": best, "best_batch": best_batch, **lat}
+    best_batch = {
+        lay.name: max(
+            (c for c in configs if c.layout == lay.name and c.batch >= 8), key=lambda c: c.ips
+        ).batch
+        for lay in LAYOUTS
+    }
+    log(
+        f"ceiling {name}: best {best.ips:.1f} img/s ({best.layout}, batch {best.batch}); "
+        f"ORT batch-1 p50 {lat['ort_batch1_ms']['p50']:.1f} ms; decode {lat['decode_ms']:.1f} ms"
+    )
+    return Ceiling(configs, best, best_batch, ort_batch1_ms=lat["ort_batch1_ms"], decode_ms=lat["decode_ms"])
 
 
-def agreements(photo_dir: Path) -> dict[str, Any]:
+def agreements(photo_dir: Path) -> dict[str, Agreement]:
     """int8 vs fp32 top-1 on the bench's photos: the timed random-weight ResNet50 (128 photos; it
     puts nearly all in one class) and EfficientNet-Lite0 with real weights (256 photos)."""
-    out: dict[str, Any] = {}
-    for name, (a, b), count in (("resnet50-random", (FP32_MODEL, INT8_MODEL), 128), ("efficientnet-lite0", LITE0, 256)):
-        out[name] = _json_from([sys.executable, "-m", "perf.agreement", "--fp32", str(a), "--int8", str(b),
-                                "--photo-dir", str(photo_dir), "--count", str(count)], 300)
-        log(f"agreement {name}: top-1 {out[name]['agreement']:.4f} on {out[name]['photos']} photos, "
-            f"{out[name]['agreement_decisive']:.4f} on the {out[name]['decisive']} decisive ones "
-            f"({out[name]['fp32_distinct_top1']} distinct fp32 classes)")
+    out: dict[str, Agreement] = {}
+    for name, (a, b), count in (
+        ("resnet50-random", (FP32_MODEL, INT8_MODEL), 128),
+        ("efficientnet-lite0", LITE0, 256),
+    ):
+        out[name] = r = measure(
+            Agreement, "perf.agreement", 300, fp32=a, int8=b, photo_dir=photo_dir, count=count
+        )
+        log(
+            f"agreement {name}: top-1 {r.agreement:.4f} on {r.photos} photos, {r.agreement_decisive:.4f} on the "
+            f"{r.decisive} decisive ones ({r.fp32_distinct_top1} distinct fp32 classes)"
+        )
     return out
 
 
-def seed_baseline(photo_dir: Path, seconds: float, rounds: int) -> dict[str, Any]:
-    result = _json_from([sys.executable, "-m", "perf.seed_baseline", "--photo-dir", str(photo_dir),
-                         "--seconds", str(seconds), "--rounds", str(rounds)], 600)
-    log(f"seed's way (Keras predict, one image at a time): best of {rounds} rounds {result['ips']:.2f} img/s "
-        "(" + ", ".join(f"{r['ips']:.2f}" for r in result["rounds"]) + ")")
+def seed_baseline(photo_dir: Path, seconds: float, rounds: int) -> Seed:
+    result = measure(Seed, "perf.seed_baseline", 600, photo_dir=photo_dir, seconds=seconds, rounds=rounds)
+    rounds_text = ", ".join(f"{r.ips:.2f}" for r in result.rounds)
+    log(
+        f"seed's way (Keras predict, one image at a time): best of {rounds} rounds {result.ips:.2f} img/s ({rounds_text})"
+    )
     return result
 
 
-def end_to_end(stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: dict[str, Any],
-               args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+def end_to_end(b: Bench, name: str, path: Path, ceiling: Ceiling) -> tuple[dict[str, LoadRun], OneClient]:
     """Saturation for each layout, then one client (1x2), for one model."""
-    e2e: dict[str, Any] = {}
-    tail = POOL_SIZE - 300  # photos kept for the one-client runs (never seen at saturation)
+    e2e: dict[str, LoadRun] = {}
     for layout in LAYOUTS:
-        batch = ceiling["best_batch"][layout.name]
-        r = pipeline.saturation(stack, path, layout, max_batch=batch, photo_dir=photo_dir, first=0,
-                                count=tail, seconds=args.sweep_seconds, warmup=args.warmup)
-        e2e[layout.name] = r
-        log(f"e2e {name} {layout.name} batch {batch}: {r['rps']:.1f} req/s, p50 {r['latency_ms']['p50']:.0f} ms, "
-            f"statuses {r['statuses']}, cpu {r['cpu_cores']}")
-    batch = ceiling["best_batch"]["1x2"]
-    stack.flush_redis()
-    stack.start_workers(path, 1, 2, batch, 2 * batch)
+        batch = ceiling.best_batch[layout.name]
+        e2e[layout.name] = r = b.saturation(path, layout, batch, b.args.sweep_seconds)
+        log(
+            f"e2e {name} {layout.name} batch {batch}: {r.rps:.1f} req/s, p50 {r.latency_ms.p50:.0f} ms, "
+            f"statuses {r.statuses}, cpu {r.cpu_cores}"
+        )
+    batch = ceiling.best_batch["1x2"]
+    b.stack.flush_redis()
+    b.stack.start_workers(path, 1, 2, batch, 2 * batch)
     try:
-        one = pipeline.one_client(stack, photo_dir, first=tail, count=300, seconds=args.one_client_seconds)
+        one = pipeline.one_client(
+            b.stack, b.photo_dir, first=ONE_CLIENT_FIRST, count=300, seconds=b.args.one_client_seconds
+        )
     finally:
-        stack.stop_workers()
-    m = one["miss"]["latency_ms"]
-    log(f"one client {name}: p50 {m['p50']:.1f} ms, p95 {m['p95']:.1f} ms; breakdown "
-        + ", ".join(f"{k} {v:.1f}" for k, v in one["breakdown_ms"].items()))
+        b.stack.stop_workers()
+    m, parts = one.miss.latency_ms, ", ".join(f"{k} {v:.1f}" for k, v in one.breakdown_ms.items())
+    log(f"one client {name}: p50 {m.p50:.1f} ms, p95 {m.p95:.1f} ms; breakdown {parts}")
     return e2e, one
 
 
-def drift_rounds(stack: Stack, name: str, path: Path, photo_dir: Path, ceiling: dict[str, Any],
-                 args: argparse.Namespace) -> dict[str, Any]:
+def drift_rounds(b: Bench, name: str, path: Path, ceiling: Ceiling) -> Rounds:
     """The two sides of the ceiling ratio in alternating rounds (ceiling, pipeline, ceiling, ...), each
     side at the ceiling's best configuration (layout; the workers' MAX_BATCH is that layout's best
     micro-batch); the host's speed drifts from minute to minute, so each side keeps its best round
     (as ``converter/bench.py`` does) and every round is recorded."""
-    cfg = ceiling["best"]
+    cfg = ceiling.best
     # Like with like: the pipeline's workers run the ceiling's best layout, so the ratio is the cost of
     # serving alone. (The 5 s layout sweep cannot tell layouts within a few % apart: it once picked
     # 1x2 over 2x1 by 59.4 to 59.3 req/s for int8, where 2x1 led by 8-9 % in the other runs.)
-    layout = next(lay for lay in LAYOUTS if lay.name == cfg["layout"])
-    batch = ceiling["best_batch"][layout.name]
-    out: dict[str, Any] = {"rule": "best", "ceiling_config": {"layout": layout.name, "batch": cfg["batch"]},
-                           "e2e_layout": layout.name, "e2e_max_batch": batch,
-                           "ceiling_seconds": args.round_ceiling_seconds, "e2e_seconds": args.seconds,
-                           "ceiling": [], "e2e": []}
-    for i in range(1, args.rounds + 1):
-        c = run_layout(path, photo_dir, processes=layout.workers, threads=layout.threads, batches=[cfg["batch"]],
-                       seconds=args.round_ceiling_seconds, count=400)[0]
-        out["ceiling"].append({"round": i, "ips": c["ips"], "others_cores": c["others_cores"],
-                               "late_start_s": c["late_start_s"]})
-        r = pipeline.saturation(stack, path, layout, max_batch=batch, photo_dir=photo_dir, first=0,
-                                count=POOL_SIZE - 300, seconds=args.seconds, warmup=args.warmup)
-        out["e2e"].append({"round": i, "rps": r["rps"], "p50_ms": r["latency_ms"]["p50"],
-                           "p95_ms": r["latency_ms"]["p95"], "statuses": r["statuses"],
-                           "others_cores": r["cpu_cores"].get("others"),
-                           "workers_cores": r["cpu_cores"].get("workers")})
-        log(f"round {i} {name}: ceiling {c['ips']:.1f} img/s ({layout.name}, batch {cfg['batch']}), "
-            f"e2e {r['rps']:.1f} req/s ({layout.name}, batch {batch})")
-    out["ceiling_best"] = max(x["ips"] for x in out["ceiling"])
-    out["e2e_best"] = max(x["rps"] for x in out["e2e"])
-    log(f"rounds {name}: best e2e {out['e2e_best']:.1f} / best ceiling {out['ceiling_best']:.1f} = "
-        f"{out['e2e_best'] / out['ceiling_best']:.3f}")
+    layout = next(lay for lay in LAYOUTS if lay.name == cfg.layout)
+    batch = ceiling.best_batch[layout.name]
+    ceilings: list[CeilingRound] = []
+    e2e: list[PipelineRound] = []
+    for i in range(1, b.args.rounds + 1):
+        c = b.ceiling_runs(path, layout, [cfg.batch], b.args.round_ceiling_seconds)[0]
+        ceilings.append(CeilingRound(i, c.ips, others_cores=c.others_cores, late_start_s=c.late_start_s))
+        r = b.saturation(path, layout, batch, b.args.seconds)
+        cpu, lat = r.cpu_cores, r.latency_ms
+        e2e.append(
+            PipelineRound(
+                i,
+                r.rps,
+                lat.p50,
+                lat.p95 or math.nan,
+                r.statuses or {},
+                cpu.get("others"),
+                cpu.get("workers"),
+            )
+        )
+        log(
+            f"round {i} {name}: ceiling {c.ips:.1f} img/s ({layout.name}, batch {cfg.batch}), "
+            f"e2e {r.rps:.1f} req/s ({layout.name}, batch {batch})"
+        )
+    out = Rounds(
+        rule="best", ceiling_config=BestConfig(layout.name, cfg.batch), e2e_layout=layout.name, e2e_max_batch=batch,
+        ceiling_seconds=b.args.round_ceiling_seconds, e2e_seconds=b.args.seconds, ceiling=ceilings, e2e=e2e,
+        ceiling_best=max(x.ips for x in ceilings), e2e_best=max(x.rps for x in e2e),
+    )  # fmt: skip
+    log(
+        f"rounds {name}: best e2e {out.e2e_best:.1f} / best ceiling {out.ceiling_best:.1f} = {out.e2e_best / out.ceiling_best:.3f}"
+    )
     return out
 
 
-def _note_others(results: dict[str, Any], when: str) -> None:
-    heavy = _heavy_processes()
-    results.setdefault("machine", {}).setdefault("heavy_processes", {})[when] = heavy
+def _note_others(machine: Machine, when: str) -> None:
+    machine.heavy_processes[when] = heavy = _heavy_processes()
     if heavy:
         log(f"other heavy processes {when}: {heavy}")
 
 
-def hits(stack: Stack, pool: list[Path], args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
-    stack.flush_redis()
-    stack.start_workers(INT8_MODEL, 1, 2, 8, 16)
+def hits(b: Bench, pool: list[Path]) -> LoadRun:
+    b.stack.flush_redis()
+    b.stack.start_workers(INT8_MODEL, 1, 2, 8, 16)
     try:
-        r = pipeline.cache_hits(stack, pool[POOL_SIZE - HIT_PHOTOS :], connections=args.hit_connections,
-                                seconds=args.hit_seconds, run_dir=run_dir)
+        connections = b.args.hit_connections
+        r = pipeline.cache_hits(
+            b.stack, pool[-HIT_PHOTOS:], connections=connections, seconds=b.args.hit_seconds
+        )
     finally:
-        stack.stop_workers()
-    log(f"cache hits: {r['rps']:.0f} req/s, p50 {r['latency_ms']['p50']:.2f} ms ({r['tool']}, "
-        f"{args.hit_connections} connections, load generator {r['loadgen_cpu_cores']:.2f} cores)")
+        b.stack.stop_workers()
+    log(
+        f"cache hits: {r.rps:.0f} req/s, p50 {r.latency_ms.p50:.2f} ms ({r.tool}, "
+        f"{connections} connections, load generator {r.loadgen_cpu_cores:.2f} cores)"
+    )
     return r
 
 
-def profiles(stack: Stack, photo_dir: Path, ceiling: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Profile the gateway and the worker during int8 cache misses at saturation (1x2), then cache hits."""
-    out: dict[str, Any] = {}
+def profiles(b: Bench, ceiling: dict[str, Ceiling]) -> dict[str, Profile] | None:
+    """Profile the gateway and the worker during int8 cache misses at saturation (1x2)."""
     if not profile.available():
-        return {"skipped": "py-spy not installed"}
-    batch = ceiling["int8"]["best_batch"]["1x2"]
+        log("py-spy is not installed (requirements/perf.txt): no profiles")
+        return None
+    batch, stack = ceiling["int8"].best_batch["1x2"], b.stack
     stack.flush_redis()
     stack.start_workers(INT8_MODEL, 1, 2, batch, 2 * batch)
     try:
-        cmd = pipeline._loadgen_cmd(stack.base_url + "/predict", photo_dir, 0, POOL_SIZE - 300, 16, 9, 1)
+        cmd = pipeline.loadgen_cmd(stack.base_url + "/predict", b.photo_dir, 0, ONE_CLIENT_FIRST, 16, 9, 1)
         load = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
         time.sleep(1.5)
         assert stack.gateway is not None
-        files = profile.record({"gateway-misses": stack.gateway.pid, "worker-misses": stack.workers[0].pid},
-                               7, run_dir / "profiles")
+        pids = {"gateway-misses": stack.gateway.pid, "worker-misses": stack.workers[0].pid}
+        files = profile.record(pids, 7, b.run_dir / "profiles")
         load.communicate(timeout=60)
-        for name, path in files.items():
-            out[name] = profile.top(path)
+        return {name: profile.top(path) for name, path in files.items()}
     finally:
         stack.stop_workers()
-    return out
+
+
+def parse_args() -> Args:
+    """The command line, one option per field of :class:`~perf.results.Args`."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for f in fields(Args):
+        default = f.metadata.get("cli_default") or (
+            f.default if f.default is not MISSING else f.default_factory()
+        )
+        flag, help_text = "--" + f.name.replace("_", "-"), f.metadata.get("help")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif isinstance(default, list):
+            parser.add_argument(flag, type=int, nargs="+", default=default, help=help_text)
+        else:
+            parser.add_argument(flag, type=type(default), default=default, help=help_text)
+    return Args(**vars(parser.parse_args()))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=6.0, help="measured window of each pipeline round")
-    parser.add_argument("--warmup", type=float, default=2.0, help="excluded warm-up before each window")
-    parser.add_argument("--ceiling-seconds", type=float, default=2.5,
-                        help="window per configuration in the ceiling's layout/batch sweep")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="alternating ceiling / pipeline rounds per model for the ratio (best of each side)")
-    parser.add_argument("--round-ceiling-seconds", type=float, default=6.0, help="ceiling window per round")
-    parser.add_argument("--sweep-seconds", type=float, default=5.0,
-                        help="measured window of the pipeline's layout sweep (the rounds use --seconds)")
-    parser.add_argument("--seed-seconds", type=float, default=3.0, help="per seed round")
-    parser.add_argument("--seed-rounds", type=int, default=3,
-                        help="back-to-back rounds of the seed's way (its best counts: TensorFlow speeds up as it warms)")
-    parser.add_argument("--one-client-seconds", type=float, default=5.0)
-    parser.add_argument("--hit-seconds", type=float, default=5.0)
-    parser.add_argument("--hit-connections", type=int, default=4)
-    parser.add_argument("--stress-seconds", type=float, default=4.0)
-    parser.add_argument("--stress-users", type=int, nargs="+", default=[1, 8, 32, 128, 384])
-    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
-                        help="first wait up to S seconds for other processes to leave the cores idle")
-    parser.add_argument("--no-stress", action="store_true")
-    parser.add_argument("--no-profile", action="store_true")
-    args = parser.parse_args()
+    args = parse_args()
 
     started = time.monotonic()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = RUN_DIR / f"bench-{stamp}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"timestamp": stamp, "args": vars(args)}
-    with phase(results, "models and photos"):
-        results["models"], pool = ensure_models_and_photos()
-    if args.wait_quiet > 0:
-        results["waited_for_quiet_s"] = wait_quiet(args.wait_quiet)
-    results["machine"] = machine()
-    log(f"load average {results['machine']['load_avg_before']}, busy cores {results['machine']['busy_cores_before']}"
-        + (f"; other heavy processes: {results['machine']['heavy_processes_before']}"
-           if results["machine"]["heavy_processes_before"] else ""))
-    photo_dir = pool[0].parent
-    sizes = [p.stat().st_size for p in pool]
-    results["photos"] = {"count": len(pool), "mean_kib": round(sum(sizes) / len(sizes) / 1024, 1),
-                         "dir": str(photo_dir.relative_to(REPO_ROOT))}
-    results["settings"] = _settings()
+    phases: dict[str, float] = {}
+    b = Bench(args, photo_dir=Path(), run_dir=run_dir, stack=Stack(run_dir), phases=phases)
+    with b.phase("models and photos"):
+        models, pool = ensure_models_and_photos()
+    b.photo_dir = pool[0].parent
+    waited = wait_quiet(args.wait_quiet) if args.wait_quiet > 0 else None
+    host = machine()
+    heavy = f"; other heavy processes: {host.heavy_processes_before}" if host.heavy_processes_before else ""
+    log(
+        f"{host.cpu} ({', '.join(host.cpu_flags or [])}); load average {host.load_avg_before}, busy cores {host.busy_cores_before}{heavy}"
+    )
+    with b.phase("seed's way"):
+        seed = seed_baseline(b.photo_dir, args.seed_seconds, args.seed_rounds or 1)
+    with b.phase("agreement"):
+        agreement = agreements(b.photo_dir)
 
-    with phase(results, "seed's way"):
-        results["seed"] = seed_baseline(photo_dir, args.seed_seconds, args.seed_rounds)
-    with phase(results, "agreement"):
-        results["agreement"] = agreements(photo_dir)
-
-    stack = Stack(run_dir)
+    ceilings: dict[str, Ceiling] = {}
+    e2e: dict[str, dict[str, LoadRun]] = {}
+    one_client: dict[str, OneClient] = {}
+    rounds: dict[str, Rounds] = {}
+    stack = b.stack
     try:
         stack.flush_redis()
         stack.start_gateway()
         # Per model, the ceiling right before the pipeline: the two sides of a ratio minutes apart at most.
-        results["ceiling"], results["e2e"], results["one_client"], results["rounds"] = {}, {}, {}, {}
         for name, path in (("fp32", FP32_MODEL), ("int8", INT8_MODEL)):
-            _note_others(results, f"before {name}")
-            with phase(results, f"{name}: ceiling"):
-                results["ceiling"][name] = ceiling(name, path, photo_dir, args.ceiling_seconds)
-            with phase(results, f"{name}: pipeline sweep and one client"):
-                e2e, one = end_to_end(stack, name, path, photo_dir, results["ceiling"][name], args)
-            results["e2e"][name], results["one_client"][name] = e2e, one
-            with phase(results, f"{name}: alternating rounds"):
-                results["rounds"][name] = drift_rounds(stack, name, path, photo_dir, results["ceiling"][name], args)
-        with phase(results, "broker round trip"):
-            results["broker_rtt"] = _json_from([sys.executable, "-m", "perf.broker_rtt", "--photo-dir", str(photo_dir)],
-                                               120)
-            log(f"bare broker round trip ({results['broker_rtt']['queue_type']} queue, "
-                f"{results['broker_rtt']['body_kib']} KiB photos): p50 {results['broker_rtt']['rtt_ms']['p50']:.1f} ms")
-        with phase(results, "cache hits"):
-            results["cache_hits"] = hits(stack, pool, args, run_dir)
+            _note_others(host, f"before {name}")
+            with b.phase(f"{name}: ceiling"):
+                ceilings[name] = ceiling(b, name, path)
+            with b.phase(f"{name}: pipeline sweep and one client"):
+                e2e[name], one_client[name] = end_to_end(b, name, path, ceilings[name])
+            with b.phase(f"{name}: alternating rounds"):
+                rounds[name] = drift_rounds(b, name, path, ceilings[name])
+        with b.phase("broker round trip"):
+            rtt = measure(BrokerRtt, "perf.broker_rtt", 120, photo_dir=b.photo_dir)
+            log(
+                f"bare broker round trip ({rtt.queue_type} queue, {rtt.body_kib} KiB photos): p50 {rtt.rtt_ms['p50']:.1f} ms"
+            )
+        with b.phase("cache hits"):
+            cache_hits = hits(b, pool)
+        points = shed_at = None
         if not args.no_stress:
             log(f"stress: locust, {args.stress_seconds:g} s per point, int8, users {args.stress_users}")
-            with phase(results, "stress"):
-                results["stress"] = stress.stress(stack, INT8_MODEL, list(LAYOUTS), args.stress_users,
-                                                  seconds=args.stress_seconds, photo_dir=photo_dir,
-                                                  max_batch=8, out_dir=run_dir / "stress")
-            results["shed_at"] = {lay.name: stress.shed_point(Settings.from_env(), lay, 8) for lay in LAYOUTS}
+            with b.phase("stress"):
+                points = stress.stress(stack, INT8_MODEL, list(LAYOUTS), args.stress_users, seconds=args.stress_seconds,
+                                       photo_dir=b.photo_dir, max_batch=8, out_dir=run_dir / "stress")  # fmt: skip
+            shed_at = {lay.name: stress.shed_point(Settings.from_env(), lay, 8) for lay in LAYOUTS}
+        profiled = None
         if not args.no_profile:
             log("profiling the gateway and a worker (py-spy) under int8 cache misses")
-            with phase(results, "profiles"):
-                results["profile"] = profiles(stack, photo_dir, results["ceiling"], run_dir)
+            with b.phase("profiles"):
+                profiled = profiles(b, ceilings)
     finally:
         stack.close()
 
-    results["machine"]["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-    # The benchmark's own time; the optional wait for a quiet machine is reported apart.
-    results["duration_s"] = round(time.monotonic() - started - results.get("waited_for_quiet_s", 0.0), 1)
-    results["ratios"] = report.ratios(results)
+    sizes = [p.stat().st_size for p in pool]
+    host.load_avg_after = [round(x, 2) for x in os.getloadavg()]
+    settings = Settings.from_env()
+    run = Results(
+        timestamp=stamp,
+        args=args,
+        models=models,
+        machine=host,
+        photos=results.Photos(
+            len(pool), round(sum(sizes) / len(sizes) / 1024, 1), str(b.photo_dir.relative_to(REPO_ROOT))
+        ),
+        settings={f.name: str(getattr(settings, f.name)) for f in fields(settings) if "url" not in f.name},
+        seed=seed,
+        agreement=agreement,
+        ceiling=ceilings,
+        e2e=e2e,
+        one_client=one_client,
+        rounds=rounds,
+        cache_hits=cache_hits,
+        phases_s=phases,
+        waited_for_quiet_s=waited,
+        broker_rtt=rtt,
+        stress=points,
+        shed_at=shed_at,
+        profile=profiled,
+        # The benchmark's own time; the optional wait for a quiet machine is reported apart.
+        duration_s=round(time.monotonic() - started - (waited or 0.0), 1),
+    )
+    run.ratios = report.ratios(run)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"{stamp}.json"
-    out.write_text(json.dumps(results, indent=1, default=str))
-    PLOTS_DIR.mkdir(parents=True, exist_ok=True)
-    results["plots"] = plots.make_all(results, PLOTS_DIR)
-    REPORT_PATH.write_text(report.markdown(results, out))
+    results.dump(run, out)
+    made = plots.make_all(run, PLOTS_DIR)
+    REPORT_PATH.write_text(report.markdown(run, out))
     print()
-    print(report.table(results))
-    log(f"wrote {out.relative_to(REPO_ROOT)}, {REPORT_PATH.relative_to(REPO_ROOT)}, "
-        f"{len(results['plots'])} plots in {PLOTS_DIR.relative_to(REPO_ROOT)}; took {results['duration_s']:.0f} s")
-
-
-def _settings() -> dict[str, Any]:
-    from dataclasses import fields
-
-    s = Settings.from_env()
-    return {f.name: str(getattr(s, f.name)) for f in fields(s) if "url" not in f.name}
+    print(report.table(run))
+    log(
+        f"wrote {out.relative_to(REPO_ROOT)}, {REPORT_PATH.relative_to(REPO_ROOT)}, "
+        f"{len(made)} plots in {PLOTS_DIR.relative_to(REPO_ROOT)}; took {run.duration_s:.0f} s"
+    )
 
 
 if __name__ == "__main__":

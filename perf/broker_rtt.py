@@ -48,11 +48,13 @@ async def measure(photos: list[bytes], rounds: int, gap_s: float) -> dict[str, o
 
         async def on_job(message: AbstractIncomingMessage) -> None:  # what a worker does, minus the work
             sha256 = str((message.headers or {}).get("sha256", ""))
-            reply = SuccessReply(sha256=sha256, model=ModelInfo("echo", "0"), top=_ECHO_TOP, inference_ms=0.0,
-                                 batch_size=1)
+            reply = SuccessReply(
+                sha256=sha256, model=ModelInfo("echo", "0"), top=_ECHO_TOP, inference_ms=0.0, batch_size=1
+            )
             await answer.default_exchange.publish(
-                aio_pika.Message(reply.to_json(), correlation_id=message.correlation_id,
-                                 content_type="application/json"),
+                aio_pika.Message(
+                    reply.to_json(), correlation_id=message.correlation_id, content_type="application/json"
+                ),
                 routing_key=message.reply_to or "",
             )
             await message.ack()
@@ -61,14 +63,18 @@ async def measure(photos: list[bytes], rounds: int, gap_s: float) -> dict[str, o
         times: list[float] = []
         for i in range(rounds):
             body = photos[i % len(photos)]
-            headers = JobHeaders(sha256=hashlib.sha256(body).hexdigest(), deadline_ms=now_ms() + 30_000, top_k=5)
+            headers = JobHeaders(
+                sha256=hashlib.sha256(body).hexdigest(), deadline_ms=now_ms() + 30_000, top_k=5
+            )
             start = time.perf_counter()
             reply = await rpc.call(body, content_type="image/jpeg", headers=headers)
             times.append((time.perf_counter() - start) * 1000)
-            if not isinstance(reply, SuccessReply):  # the echo is wired wrong: the figure would be meaningless
+            if not isinstance(
+                reply, SuccessReply
+            ):  # the echo is wired wrong: the figure would be meaningless
                 raise RuntimeError(f"the echo consumer answered {reply!r}")
             await asyncio.sleep(gap_s)  # one client: the consumer goes idle between jobs, as in the bench
-        measured = sorted(times[len(times) // 10:])  # the first tenth warms the connections up
+        measured = sorted(times[len(times) // 10 :])  # the first tenth warms the connections up
         await queue.cancel(job_consumer)
         await answer.queue_delete(settings.queue_name)
         await answer.queue_delete(dead_letter_queue(settings.queue_name))
@@ -79,8 +85,11 @@ async def measure(photos: list[bytes], rounds: int, gap_s: float) -> dict[str, o
         "queue_type": request_queue_arguments(settings)["x-queue-type"],
         "body_kib": round(sum(len(p) for p in photos) / len(photos) / 1024, 1),
         "jobs": len(measured),
-        "rtt_ms": {"p50": statistics.median(measured), "p95": measured[int(0.95 * (len(measured) - 1))],
-                   "mean": statistics.fmean(measured)},
+        "rtt_ms": {
+            "p50": statistics.median(measured),
+            "p95": measured[int(0.95 * (len(measured) - 1))],
+            "mean": statistics.fmean(measured),
+        },
     }
 
 

@@ -29,6 +29,7 @@ from classifier.preprocess import Preprocessor, configure_pillow
 from common.settings import Settings
 from perf import photos
 from perf.paths import REPO_ROOT
+from perf.results import CeilingRun
 from perf.stats import machine_busy_seconds, percentile
 
 
@@ -39,7 +40,12 @@ def _preprocessor(model: Model) -> Preprocessor:
 
 
 def throughput(
-    model: Model, bodies: list[bytes], *, batch: int, decode_threads: int, seconds: float,
+    model: Model,
+    bodies: list[bytes],
+    *,
+    batch: int,
+    decode_threads: int,
+    seconds: float,
     start_at: float | None = None,
 ) -> dict[str, float]:
     """Images per second through decode + resize + predict, decode overlapping inference."""
@@ -102,21 +108,42 @@ SLACK_S = 3.0  # per batch size: warm-up of the next configuration before its co
 
 
 def run_layout(
-    model_path: Path, photo_dir: Path, *, processes: int, threads: int, batches: list[int], seconds: float,
+    model_path: Path,
+    photo_dir: Path,
+    *,
+    processes: int,
+    threads: int,
+    batches: list[int],
+    seconds: float,
     count: int,
-) -> list[dict[str, object]]:
+) -> list[CeilingRun]:
     """Run ``processes`` copies of this module at once, each trying every batch size in turn
     (in step, from common start times); the summed images/s per batch size."""
     start_at = time.time() + 4.0 + 1.5 * processes  # room for interpreter start and model load
     cmd = [
-        sys.executable, "-m", "perf.ceiling", "--model", str(model_path), "--photo-dir", str(photo_dir),
-        "--count", str(count), "--threads", str(threads), "--seconds", str(seconds),
-        "--start-at", str(start_at), "--batches", *map(str, batches),
+        sys.executable,
+        "-m",
+        "perf.ceiling",
+        "--model",
+        str(model_path),
+        "--photo-dir",
+        str(photo_dir),
+        "--count",
+        str(count),
+        "--threads",
+        str(threads),
+        "--seconds",
+        str(seconds),
+        "--start-at",
+        str(start_at),
+        "--batches",
+        *map(str, batches),
     ]
     busy0, t0 = machine_busy_seconds(), time.monotonic()
     procs = [
-        subprocess.Popen(cmd + ["--offset", str(i * count // processes)], cwd=REPO_ROOT,
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [*cmd, "--offset", str(i * count // processes)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+        )
         for i in range(processes)
     ]
     outputs, own_cpu = [], 0.0
@@ -132,12 +159,13 @@ def run_layout(
     elapsed = time.monotonic() - t0
     others = max(0.0, (machine_busy_seconds() - busy0 - own_cpu) / elapsed)
     return [
-        {
-            "layout": f"{processes}x{threads}", "batch": batch,
-            "ips": sum(o[i]["ips"] for o in outputs),
-            "late_start_s": max(o[i]["late_s"] for o in outputs),
-            "others_cores": round(others, 3),  # other processes' CPU during this layout's runs
-        }
+        CeilingRun(
+            layout=f"{processes}x{threads}",
+            batch=batch,
+            ips=sum(o[i]["ips"] for o in outputs),
+            late_start_s=max(o[i]["late_s"] for o in outputs),
+            others_cores=round(others, 3),  # other processes' CPU during this layout's runs
+        )
         for i, batch in enumerate(batches)
     ]
 
@@ -151,7 +179,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[8])
     parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--start-at", type=float, default=None, help="unix time to start the first batch size")
+    parser.add_argument(
+        "--start-at", type=float, default=None, help="unix time to start the first batch size"
+    )
     parser.add_argument("--latency", action="store_true", help="only ORT batch-1 latency and decode time")
     args = parser.parse_args()
     paths = sorted(args.photo_dir.glob("*.jpg"))[: args.count]
@@ -159,13 +189,25 @@ def main() -> None:
     bodies = photos.load(paths)
     model = Model(args.model, threads=args.threads)
     if args.latency:
-        print(json.dumps({"ort_batch1_ms": ort_latency_ms(model, bodies), "decode_ms": decode_ms(model, bodies)}))
+        print(
+            json.dumps(
+                {"ort_batch1_ms": ort_latency_ms(model, bodies), "decode_ms": decode_ms(model, bodies)}
+            )
+        )
         return
     runs = []
     for i, batch in enumerate(args.batches):
         start_at = None if args.start_at is None else args.start_at + i * (args.seconds + SLACK_S)
-        runs.append(throughput(model, bodies, batch=batch, decode_threads=args.threads,
-                               seconds=args.seconds, start_at=start_at))
+        runs.append(
+            throughput(
+                model,
+                bodies,
+                batch=batch,
+                decode_threads=args.threads,
+                seconds=args.seconds,
+                start_at=start_at,
+            )
+        )
     print(json.dumps({"runs": runs}))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 
+from perf.results import LoadRun, to_dict
 from perf.stats import summary_ms
 
 BOUNDARY = "perfbench7d3f9a1c"
@@ -30,7 +31,7 @@ BOUNDARY = "perfbench7d3f9a1c"
 def multipart(body: bytes, name: str) -> bytes:
     """A multipart/form-data body with one ``file`` field, like a browser's upload."""
     head = (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
         "Content-Type: image/jpeg\r\n\r\n"
     ).encode()
     return head + body + f"\r\n--{BOUNDARY}--\r\n".encode()
@@ -58,9 +59,14 @@ def _cpu() -> float:
 
 
 async def run(
-    url: str, bodies: list[bytes], *, concurrency: int, duration_s: float, warmup_s: float,
+    url: str,
+    bodies: list[bytes],
+    *,
+    concurrency: int,
+    duration_s: float,
+    warmup_s: float,
     timeout_s: float = 30.0,
-) -> dict[str, object]:
+) -> LoadRun:
     """Drive the load; returns throughput, latency percentiles, statuses and own CPU."""
     headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
     statuses: Counter[str] = Counter()
@@ -103,17 +109,17 @@ async def run(
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         await asyncio.gather(mark_window(), *(client(session) for _ in range(concurrency)))
     cpu_used = _cpu() - cpu0[0]
-    return {
-        "concurrency": concurrency,
-        "duration_s": duration_s,
-        "rps": burst_rate(completions) or completed_in_window / duration_s,
-        "rps_window": completed_in_window / duration_s,
-        "latency_ms": summary_ms(latencies),
-        "statuses": dict(statuses),
-        "sent": next_photo,
-        "wrapped": next_photo > len(bodies),
-        "loadgen_cpu_cores": round(cpu_used / duration_s, 3),
-    }
+    return LoadRun(
+        concurrency=concurrency,
+        duration_s=duration_s,
+        rps=burst_rate(completions) or completed_in_window / duration_s,
+        rps_window=completed_in_window / duration_s,
+        latency_ms=summary_ms(latencies),
+        statuses=dict(statuses),
+        sent=next_photo,
+        wrapped=next_photo > len(bodies),
+        loadgen_cpu_cores=round(cpu_used / duration_s, 3),
+    )
 
 
 def main() -> None:
@@ -128,9 +134,10 @@ def main() -> None:
     args = parser.parse_args()
     paths = sorted(args.photo_dir.glob("*.jpg"))[args.first : args.first + args.count]
     bodies = [multipart(p.read_bytes(), p.name) for p in paths]
-    result = asyncio.run(run(args.url, bodies, concurrency=args.concurrency, duration_s=args.duration,
-                             warmup_s=args.warmup))
-    print(json.dumps(result))
+    result = asyncio.run(
+        run(args.url, bodies, concurrency=args.concurrency, duration_s=args.duration, warmup_s=args.warmup)
+    )
+    print(json.dumps(to_dict(result)))
 
 
 if __name__ == "__main__":

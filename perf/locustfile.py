@@ -23,13 +23,15 @@ import os
 import random
 import re
 from pathlib import Path
+from typing import ClassVar
 
 import gevent
 from locust import FastHttpUser, constant, events, task
 from locust.env import Environment
 
+from perf.loadgen import BOUNDARY, multipart  # the same browser-like upload body
+
 SMALL_POOL = 8
-BOUNDARY = "perflocust4b1e0d"
 MULTIPART = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
 _IMAGE_ID_RE = re.compile(r'name="image" value="([0-9a-f]{64}\.[a-z]+)"')
 _TOP_LABEL_RE = re.compile(r'name="prediction" value="([^"]*)"')
@@ -37,27 +39,30 @@ _TOP_LABEL_RE = re.compile(r'name="prediction" value="([^"]*)"')
 
 @events.init_command_line_parser.add_listener
 def _options(parser) -> None:  # type: ignore[no-untyped-def]
-    parser.add_argument("--photo-pool", choices=["distinct", "small"],
-                        default=os.environ.get("PERF_PHOTO_POOL", "distinct"),
-                        help="distinct: every request a new photo (cache misses); small: a few photos (hits)")
-    parser.add_argument("--photo-dir", default=os.environ.get("PERF_PHOTO_DIR", ""),
-                        help="folder of JPEG photos (default: perf.photos' pool)")
-    parser.add_argument("--think-time", type=float, default=float(os.environ.get("PERF_THINK_TIME", "1.0")),
-                        help="a visitor's mean pause between actions, seconds")
-
-
-def multipart(name: str, body: bytes) -> bytes:
-    """A browser-like multipart/form-data body with one ``file`` field (built once per photo)."""
-    head = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n").encode()
-    return head + body + f"\r\n--{BOUNDARY}--\r\n".encode()
+    parser.add_argument(
+        "--photo-pool",
+        choices=["distinct", "small"],
+        default=os.environ.get("PERF_PHOTO_POOL", "distinct"),
+        help="distinct: every request a new photo (cache misses); small: a few photos (hits)",
+    )
+    parser.add_argument(
+        "--photo-dir",
+        default=os.environ.get("PERF_PHOTO_DIR", ""),
+        help="folder of JPEG photos (default: perf.photos' pool)",
+    )
+    parser.add_argument(
+        "--think-time",
+        type=float,
+        default=float(os.environ.get("PERF_THINK_TIME", "1.0")),
+        help="a visitor's mean pause between actions, seconds",
+    )
 
 
 class Photos:
     """The photo pool as ready multipart bodies, shared by every user of this locust process."""
 
-    bodies: list[bytes] = []
-    _order: itertools.count = itertools.count()
+    bodies: ClassVar[list[bytes]] = []
+    _order: ClassVar[itertools.count[int]] = itertools.count()
 
     @classmethod
     def load(cls, folder: str, pool: str) -> None:
@@ -71,7 +76,7 @@ class Photos:
             paths = paths[:SMALL_POOL]
         if not paths:
             raise SystemExit(f"no photos in {folder!r}")
-        cls.bodies = [multipart(p.name, p.read_bytes()) for p in paths]
+        cls.bodies = [multipart(p.read_bytes(), p.name) for p in paths]
 
     @classmethod
     def next(cls) -> bytes:
@@ -101,8 +106,9 @@ class Visitor(FastHttpUser):
     def visit(self) -> None:
         self.client.get("/", name="GET /")
         self._pause()
-        with self.client.post("/", name="POST / (form upload)", data=Photos.next(), headers=MULTIPART,
-                              catch_response=True) as response:
+        with self.client.post(
+            "/", name="POST / (form upload)", data=Photos.next(), headers=MULTIPART, catch_response=True
+        ) as response:
             page = response.text or ""
             image = _IMAGE_ID_RE.search(page)
             if response.status_code == 200 and image is None:
@@ -111,10 +117,16 @@ class Visitor(FastHttpUser):
         if image and random.random() < self.feedback_share:
             self._pause()
             label = _TOP_LABEL_RE.search(page)
-            self.client.post("/feedback", name="POST /feedback", data={
-                "image": image.group(1), "prediction": label.group(1) if label else "unknown",
-                "score": "0.5", "correct_label": "tabby cat",
-            })
+            self.client.post(
+                "/feedback",
+                name="POST /feedback",
+                data={
+                    "image": image.group(1),
+                    "prediction": label.group(1) if label else "unknown",
+                    "score": "0.5",
+                    "correct_label": "tabby cat",
+                },
+            )
         self._pause()
 
     def _pause(self) -> None:
@@ -130,8 +142,13 @@ class ApiClient(FastHttpUser):
 
     @task
     def predict(self) -> None:
-        with self.client.post("/predict?top_k=3", name="POST /predict", data=Photos.next(), headers=MULTIPART,
-                              catch_response=True) as response:
+        with self.client.post(
+            "/predict?top_k=3",
+            name="POST /predict",
+            data=Photos.next(),
+            headers=MULTIPART,
+            catch_response=True,
+        ) as response:
             if response.status_code == 200:
                 try:
                     ok = response.json().get("success") is True

@@ -46,8 +46,9 @@ def _variant(source: Image.Image, rng: random.Random) -> bytes:
     image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.85, 1.15))
     long_side = rng.randint(*LONG_SIDE)
     ratio = long_side / max(image.size)
-    image = image.resize((max(1, round(image.width * ratio)), max(1, round(image.height * ratio))),
-                         Image.Resampling.BILINEAR)
+    image = image.resize(
+        (max(1, round(image.width * ratio)), max(1, round(image.height * ratio))), Image.Resampling.BILINEAR
+    )
     out = io.BytesIO()
     image.save(out, "JPEG", quality=rng.randint(*QUALITY))
     return out.getvalue()

@@ -12,9 +12,11 @@ from __future__ import annotations
 import collections
 import os
 import shutil
-import sys
 import subprocess
+import sys
 from pathlib import Path
+
+from perf.results import Profile
 
 # The venv's own py-spy first (requirements/perf.txt), then one on PATH.
 PY_SPY = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -32,9 +34,25 @@ def record(pids: dict[str, int], seconds: float, out_dir: Path, rate: int = 100)
     for name, pid in pids.items():
         path = out_dir / f"{name}.txt"
         svg = out_dir / f"{name}.svg"
-        cmd = [PY_SPY, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", str(rate),
-               "--nonblocking", "-t", "-f", "raw", "-o", str(path)]
-        procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), name, path, svg))
+        cmd = [
+            PY_SPY,
+            "record",
+            "-p",
+            str(pid),
+            "-d",
+            str(int(seconds)),
+            "-r",
+            str(rate),
+            "--nonblocking",
+            "-t",
+            "-f",
+            "raw",
+            "-o",
+            str(path),
+        ]
+        procs.append(
+            (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), name, path, svg)
+        )
     for proc, name, path, _ in procs:
         proc.wait(timeout=seconds + 60)
         if path.exists():
@@ -51,7 +69,7 @@ def _short(frame: str) -> str:
     return f"{name} ({file})"
 
 
-def top(raw: Path, n: int = 12) -> dict[str, object]:
+def top(raw: Path, n: int = 12) -> Profile:
     """Top ``n`` functions by self and by inclusive samples, with their share of all samples."""
     self_counts: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
@@ -72,11 +90,24 @@ def top(raw: Path, n: int = 12) -> dict[str, object]:
         for f in set(code):
             inclusive[f] += count
     share = (lambda c: round(100 * c / total, 1)) if total else (lambda c: 0.0)
-    boring = ("_bootstrap", "Thread.run", "_run_module_as_main", "_run_code", "run_forever", "run_until_complete",
-              "<module>", "_run_once", "Handle._run", "_worker (thread.py", "main (")
-    return {
-        "samples": total,
-        "threads": [(name, share(c)) for name, c in threads.most_common(6)],
-        "self": [(f, share(c)) for f, c in self_counts.most_common(n)],
-        "inclusive": [(f, share(c)) for f, c in inclusive.most_common(4 * n) if not any(b in f for b in boring)][:n],
-    }
+    boring = (
+        "_bootstrap",
+        "Thread.run",
+        "_run_module_as_main",
+        "_run_code",
+        "run_forever",
+        "run_until_complete",
+        "<module>",
+        "_run_once",
+        "Handle._run",
+        "_worker (thread.py",
+        "main (",
+    )
+    return Profile(
+        samples=total,
+        threads=[(name, share(c)) for name, c in threads.most_common(6)],
+        self=[(f, share(c)) for f, c in self_counts.most_common(n)],
+        inclusive=[(f, share(c)) for f, c in inclusive.most_common(4 * n) if not any(b in f for b in boring)][
+            :n
+        ],
+    )

@@ -28,10 +28,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="windows of --seconds each; ips = the best")
     args = parser.parse_args()
 
-    import numpy as np
-    from PIL import Image
     import keras
+    import numpy as np
     from keras.applications.resnet50 import ResNet50, preprocess_input
+    from PIL import Image
 
     bodies = [p.read_bytes() for p in sorted(args.photo_dir.glob("*.jpg"))[: args.count]]
     keras.utils.set_random_seed(0)
@@ -57,8 +57,17 @@ def main() -> None:
         rounds.append({"images": n, "seconds": round(elapsed, 3), "ips": n / elapsed})
     best = max(rounds, key=lambda r: r["ips"])
     latencies.sort()
-    print(json.dumps({"images": best["images"], "seconds": best["seconds"], "ips": best["ips"], "rounds": rounds,
-                      "p50_ms": latencies[len(latencies) // 2] * 1000}))
+    print(
+        json.dumps(
+            {
+                "images": best["images"],
+                "seconds": best["seconds"],
+                "ips": best["ips"],
+                "rounds": rounds,
+                "p50_ms": latencies[len(latencies) // 2] * 1000,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,10 +22,10 @@ from pathlib import Path
 import redis
 
 from common.contract import model_announcement_key
-from perf.paths import REPO_ROOT
-# The same subprocess wrapper the test suite uses: a log file each, SIGTERM then SIGKILL.
-from tests.support.processes import ServiceProcess as Service
-from tests.support.processes import free_port
+
+# The test suite's subprocess wrapper: a log file each, SIGTERM then SIGKILL.
+from devtools.processes import ServiceProcess as Service
+from devtools.processes import free_port, http_ok, service_env
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RABBITMQ_API = os.environ.get("RABBITMQ_API", "http://127.0.0.1:15672")
@@ -33,16 +33,6 @@ REDIS_BASE = os.environ.get("PERF_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DB = int(os.environ.get("PERF_REDIS_DB", "14"))
 RABBITMQ_PORT = urllib.parse.urlparse(RABBITMQ_URL).port or 5672
 REDIS_PORT = urllib.parse.urlparse(REDIS_BASE).port or 6379
-
-
-def http_status(url: str, timeout: float = 2.0) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
 
 
 @dataclass
@@ -65,19 +55,11 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def _env(self, **extra: object) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({
-            "PYTHONPATH": str(REPO_ROOT),
-            "PYTHONUNBUFFERED": "1",
-            "RABBITMQ_URL": RABBITMQ_URL,
-            "REDIS_URL": self.redis_url,
-            "QUEUE_NAME": self.queue,
-            "UPLOAD_DIR": str(self.run_dir / "uploads"),
-            "FEEDBACK_CSV": str(self.run_dir / "feedback.csv"),
-            "LOG_LEVEL": "INFO",
-        })
-        env.update({k: str(v) for k, v in extra.items()})
-        return env
+        return service_env({
+            "RABBITMQ_URL": RABBITMQ_URL, "REDIS_URL": self.redis_url, "QUEUE_NAME": self.queue,
+            "UPLOAD_DIR": self.run_dir / "uploads", "FEEDBACK_CSV": self.run_dir / "feedback.csv",
+            "LOG_LEVEL": "INFO", **extra,
+        })  # fmt: skip
 
     def flush_redis(self) -> None:
         """Empty this run's Redis db, keeping the workers' model announcement (if any)."""
@@ -91,30 +73,51 @@ class Stack:
 
     def start_gateway(self, **env: object) -> Service:
         self.port = free_port()
-        self.gateway = Service("gateway", [sys.executable, "-m", "gateway"], self._env(PORT=self.port, **env),
-                               self.run_dir / "gateway.log")
-        self.gateway.wait_until(lambda: http_status(f"{self.base_url}/health/live") == 200, 60, "/health/live")
+        self.gateway = Service(
+            "gateway",
+            [sys.executable, "-m", "gateway"],
+            self._env(PORT=self.port, **env),
+            self.run_dir / "gateway.log",
+        )
+        self.gateway.wait_until(lambda: http_ok(f"{self.base_url}/health/live"), 60, "/health/live")
         return self.gateway
 
-    def start_workers(self, model: Path, count: int, threads: int, max_batch: int, prefetch: int,
-                      batch_wait_ms: float | None = None) -> list[Service]:
+    def start_workers(
+        self,
+        model: Path,
+        count: int,
+        threads: int,
+        max_batch: int,
+        prefetch: int,
+        batch_wait_ms: float | None = None,
+    ) -> list[Service]:
         """Start ``count`` workers and wait until each consumes and the gateway is ready."""
-        extra: dict[str, object] = {"MODEL_PATH": model, "ORT_THREADS": threads, "MAX_BATCH": max_batch,
-                                    "PREFETCH": prefetch}
+        extra: dict[str, object] = {
+            "MODEL_PATH": model,
+            "ORT_THREADS": threads,
+            "MAX_BATCH": max_batch,
+            "PREFETCH": prefetch,
+        }
         if batch_wait_ms is not None:
             extra["BATCH_WAIT_MS"] = batch_wait_ms
         started = []
         for i in range(count):
             port = free_port()
-            w = Service(f"worker{i}", [sys.executable, "-m", "classifier"],
-                        self._env(WORKER_METRICS_PORT=port, **extra), self.run_dir / f"worker{len(self.workers)}.log")
+            w = Service(
+                f"worker{i}",
+                [sys.executable, "-m", "classifier"],
+                self._env(WORKER_METRICS_PORT=port, **extra),
+                self.run_dir / f"worker{len(self.workers)}.log",
+            )
             self.workers.append(w)
             self.worker_metrics_ports.append(port)
             started.append(w)
         for w in started:
-            w.wait_until(lambda w=w: "worker ready" in w.log_path.read_text(errors="replace"), 120, "worker ready")
+            w.wait_until(
+                lambda w=w: "worker ready" in w.log_path.read_text(errors="replace"), 120, "worker ready"
+            )
         if self.gateway is not None:
-            self.gateway.wait_until(lambda: http_status(f"{self.base_url}/health/ready") == 200, 30, "readiness")
+            self.gateway.wait_until(lambda: http_ok(f"{self.base_url}/health/ready"), 30, "readiness")
         return started
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
@@ -123,8 +126,10 @@ class Stack:
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            held = sum(scrape.scrape(f"http://127.0.0.1:{p}/metrics").get("classifier_jobs_in_hand", 0.0)
-                       for p in self.worker_metrics_ports)
+            held = sum(
+                scrape.scrape(f"http://127.0.0.1:{p}/metrics").get("classifier_jobs_in_hand", 0.0)
+                for p in self.worker_metrics_ports
+            )
             if ready_messages(self.queue) == 0 and held == 0:
                 return True
             time.sleep(0.5)
@@ -182,11 +187,3 @@ def ready_messages(name: str) -> int | None:
         return asyncio.run(ask())
     except Exception:  # noqa: BLE001 - no such queue / broker hiccup: unknown
         return None
-
-
-def queue_depth(name: str) -> int | None:
-    try:
-        data = _management("GET", f"queues/%2F/{urllib.parse.quote(name, safe='')}")
-    except (urllib.error.URLError, OSError):
-        return None
-    return int(data.get("messages", 0)) if isinstance(data, dict) else None

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import psutil
+
+from perf.results import Latency
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -20,17 +22,19 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
-    """p50/p95/p99/mean of latencies given in seconds, in milliseconds."""
+def summary_ms(seconds: Sequence[float]) -> Latency:
+    """p50/p90/p95/p99/mean of latencies given in seconds, in milliseconds."""
     if not seconds:
-        return {"p50": math.nan, "p95": math.nan, "p99": math.nan, "mean": math.nan, "n": 0}
-    return {
-        "p50": percentile(seconds, 50) * 1000,
-        "p95": percentile(seconds, 95) * 1000,
-        "p99": percentile(seconds, 99) * 1000,
-        "mean": sum(seconds) / len(seconds) * 1000,
-        "n": len(seconds),
-    }
+        return Latency(p50=math.nan, p90=math.nan, p95=math.nan, p99=math.nan, mean=math.nan, n=0)
+    ms = [s * 1000 for s in seconds]
+    return Latency(
+        p50=percentile(ms, 50),
+        p90=percentile(ms, 90),
+        p95=percentile(ms, 95),
+        p99=percentile(ms, 99),
+        mean=sum(ms) / len(ms),
+        n=len(ms),
+    )
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
@@ -94,24 +98,6 @@ def machine_busy_seconds() -> float:
     return t.user + t.system + getattr(t, "nice", 0.0) + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
 
 
-def pids_named(fragment: str) -> list[int]:
-    """Pids of processes whose command line contains ``fragment`` (to find RabbitMQ and Redis)."""
-    found = []
-    for p in psutil.process_iter(["cmdline", "name"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or []) or (p.info["name"] or "")
-        except psutil.Error:
-            continue
-        if fragment in cmd:
-            found.append(p.pid)
-    return found
-
-
 def machine_busy_cores(interval: float = 1.0) -> float:
     """Cores busy machine-wide over ``interval`` seconds (load check before a run)."""
     return psutil.cpu_percent(interval=interval) / 100 * (psutil.cpu_count() or 1)
-
-
-def mean(values: Iterable[float]) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else math.nan

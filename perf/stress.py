@@ -24,6 +24,7 @@ from pathlib import Path
 from common.settings import Settings
 from perf.paths import FP32_MODEL, INT8_MODEL, PERF_DIR, REPO_ROOT, RUN_DIR
 from perf.pipeline import Layout
+from perf.results import StressPoint, to_dict
 from perf.services import RABBITMQ_PORT, REDIS_PORT, Stack, ready_messages
 from perf.stats import CpuMeter, listening_pids, percentile
 
@@ -47,25 +48,56 @@ def _failures(prefix: Path) -> dict[str, int]:
     return out
 
 
-def run_point(stack: Stack, users: int, seconds: float, photo_dir: Path, out_dir: Path) -> dict[str, object]:
+def run_point(stack: Stack, users: int, seconds: float, photo_dir: Path, out_dir: Path) -> StressPoint:
     """One locust run against the running stack; numbers from its CSV, its own CPU from wait4."""
     out_dir.mkdir(parents=True, exist_ok=True)
     prefix = out_dir / f"locust-u{users}"
     cmd = [
-        sys.executable, "-m", "locust", "-f", str(PERF_DIR / "locustfile.py"), "--headless",
-        "-u", str(users), "-r", str(users), "-t", f"{seconds:g}s", "--reset-stats", "--stop-timeout", "2",
-        "--host", stack.base_url, "--csv", str(prefix), "--html", f"{prefix}.html", "--only-summary",
-        "--photo-dir", str(photo_dir), "--photo-pool", "distinct", "--think-time", "0",
-        "--loglevel", "WARNING",
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(PERF_DIR / "locustfile.py"),
+        "--headless",
+        "-u",
+        str(users),
+        "-r",
+        str(users),
+        "-t",
+        f"{seconds:g}s",
+        "--reset-stats",
+        "--stop-timeout",
+        "2",
+        "--host",
+        stack.base_url,
+        "--csv",
+        str(prefix),
+        "--html",
+        f"{prefix}.html",
+        "--only-summary",
+        "--photo-dir",
+        str(photo_dir),
+        "--photo-pool",
+        "distinct",
+        "--think-time",
+        "0",
+        "--loglevel",
+        "WARNING",
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     log = open(f"{prefix}.log", "wb")
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     started = time.monotonic()
     depths: list[int] = []
-    meter = CpuMeter({"gateway": [stack.gateway.pid] if stack.gateway else [],
-                      "workers": [w.pid for w in stack.workers], "rabbitmq": listening_pids(RABBITMQ_PORT),
-                      "redis": listening_pids(REDIS_PORT), "locust": [proc.pid]})
+    meter = CpuMeter(
+        {
+            "gateway": [stack.gateway.pid] if stack.gateway else [],
+            "workers": [w.pid for w in stack.workers],
+            "rabbitmq": listening_pids(RABBITMQ_PORT),
+            "redis": listening_pids(REDIS_PORT),
+            "locust": [proc.pid],
+        }
+    )
     meter.start()
     cpu: dict[str, float] = {}
     while True:  # sample the queue depth while the point runs; wait4 gives locust's own CPU
@@ -91,28 +123,39 @@ def run_point(stack: Stack, users: int, seconds: float, photo_dir: Path, out_dir
     requests = int(total.get("Request Count", 0) or 0)
     failures = int(total.get("Failure Count", 0) or 0)
     errors = _failures(prefix)
-    return {
-        "users": users,
-        "seconds": seconds,
+    return StressPoint(
+        users=users,
+        seconds=seconds,
         # Successful predictions only (locust's Requests/s counts failures too).
-        "predictions_per_s": sum(float(r["Requests/s"]) * (1 - int(r["Failure Count"]) / max(1, int(r["Request Count"])))
-                                 for r in predict),
-        "requests_per_s": float(total.get("Requests/s", 0) or 0),
-        "p50_ms": float(api.get("50%", "nan") or "nan"),
-        "p95_ms": float(api.get("95%", "nan") or "nan"),
-        "failure_rate": failures / requests if requests else 0.0,
-        "predictions": n_pred,
-        "failures": errors,
-        "status_503": sum(n for e, n in errors.items() if "503" in e),
-        "queue_depth_max": max(depths, default=0),  # ready messages, sampled every second
-        "queue_depth_p50": percentile([float(d) for d in depths], 50) if depths else 0.0,
-        "locust_cpu_cores": round((usage.ru_utime + usage.ru_stime) / (seconds + 2), 3),
-        "cpu_cores": cpu,
-    }
+        predictions_per_s=sum(
+            float(r["Requests/s"]) * (1 - int(r["Failure Count"]) / max(1, int(r["Request Count"])))
+            for r in predict
+        ),
+        requests_per_s=float(total.get("Requests/s", 0) or 0),
+        p50_ms=float(api.get("50%", "nan") or "nan"),
+        p95_ms=float(api.get("95%", "nan") or "nan"),
+        failure_rate=failures / requests if requests else 0.0,
+        predictions=n_pred,
+        failures=errors,
+        status_503=sum(n for e, n in errors.items() if "503" in e),
+        queue_depth_max=max(depths, default=0),  # ready messages, sampled every second
+        queue_depth_p50=percentile([float(d) for d in depths], 50) if depths else 0.0,
+        locust_cpu_cores=round((usage.ru_utime + usage.ru_stime) / (seconds + 2), 3),
+        cpu_cores=cpu,
+    )
 
 
-def stress(stack: Stack, model: Path, layouts: list[Layout], users: list[int], *, seconds: float,
-           photo_dir: Path, max_batch: int, out_dir: Path) -> list[dict[str, object]]:
+def stress(
+    stack: Stack,
+    model: Path,
+    layouts: list[Layout],
+    users: list[int],
+    *,
+    seconds: float,
+    photo_dir: Path,
+    max_batch: int,
+    out_dir: Path,
+) -> list[StressPoint]:
     """Every (layout, users) point; workers restarted per layout, Redis flushed per point."""
     out_dir.mkdir(parents=True, exist_ok=True)
     points = []
@@ -124,12 +167,15 @@ def stress(stack: Stack, model: Path, layouts: list[Layout], users: list[int], *
                 stack.wait_idle()  # what the previous point left in the queue must not count here
                 stack.flush_redis()  # every point on cache misses; the model announcement is kept
                 point = run_point(stack, u, seconds, photo_dir, out_dir / layout.name)
-                point["layout"] = layout.name
+                point.layout = layout.name
                 points.append(point)
-                print(f"  stress {layout.name} {u:>4} users: {point['predictions_per_s']:6.1f} pred/s  "
-                      f"p50 {point['p50_ms']:6.0f} ms  p95 {point['p95_ms']:6.0f} ms  "
-                      f"fail {point['failure_rate'] * 100:5.1f}%  503s {point['status_503']}  "
-                      f"queue max {point['queue_depth_max']}", flush=True)
+                print(
+                    f"  stress {layout.name} {u:>4} users: {point.predictions_per_s:6.1f} pred/s  "
+                    f"p50 {point.p50_ms:6.0f} ms  p95 {point.p95_ms:6.0f} ms  "
+                    f"fail {point.failure_rate * 100:5.1f}%  503s {point.status_503}  "
+                    f"queue max {point.queue_depth_max}",
+                    flush=True,
+                )
             stack.wait_idle()
         finally:
             stack.stop_workers()
@@ -155,11 +201,19 @@ def main() -> None:
     stack = Stack(run_dir)
     try:
         stack.start_gateway()
-        points = stress(stack, INT8_MODEL if args.int8 else FP32_MODEL, [Layout(1, 2), Layout(2, 1)],
-                        args.users, seconds=args.seconds, photo_dir=photo_dir, max_batch=8, out_dir=run_dir)
+        points = stress(
+            stack,
+            INT8_MODEL if args.int8 else FP32_MODEL,
+            [Layout(1, 2), Layout(2, 1)],
+            args.users,
+            seconds=args.seconds,
+            photo_dir=photo_dir,
+            max_batch=8,
+            out_dir=run_dir,
+        )
     finally:
         stack.close()
-    print(json.dumps(points, indent=1))
+    print(json.dumps([to_dict(p) for p in points], indent=1))
 
 
 if __name__ == "__main__":

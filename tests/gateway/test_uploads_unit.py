@@ -10,20 +10,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gateway.uploads import (
-    BMP,
-    GIF,
-    JPEG,
-    PNG,
-    TIFF,
-    UPLOAD_GRACE_S,
-    WEBP,
-    ReadLimits,
-    Upload,
-    UploadStore,
-    sniff_image_type,
-    upload_kind,
-)
+from gateway.images import BMP, GIF, JPEG, PNG, TIFF, WEBP, Upload, sniff_image_type, upload_kind
+from gateway.store import UploadStore
+from gateway.uploads import UPLOAD_GRACE_S, ReadLimits
 
 
 @pytest.fixture(scope="module")

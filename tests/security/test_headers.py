@@ -206,7 +206,7 @@ TOKEN_PATTERNS = {
 URL_CREDENTIALS = re.compile(r"\b[a-z][a-z0-9+.-]*://([^:/@\s'\"]+):([^@/\s'\"]+)@")
 ASSIGNED_SECRET = re.compile(
     r"""(?ix)\b[\w.-]*(password|passwd|secret|api_?key|access_?key|token)[\w.-]*
-        \s*[:=]\s*["']?([^\s"',;)\\]*)"""
+        [ \t]*[:=][ \t]*["']?([^\s"',;)\\]*)"""
 )
 SHELL_DEFAULT = re.compile(r"\$\{\w+:?-([^}]*)\}")
 # ${VAR:?message}: a value that must be given (compose's passwords), not a value.
@@ -223,8 +223,13 @@ def _repository_files() -> list[Path]:
 
 
 def _is_placeholder(value: str) -> bool:
-    # A template or a reference, not a value: {password}, $VAR, <your-password>, os.environ..., a type.
-    return bool(re.fullmatch(r"[{$<%].*|\w+\(.*|str|bytes|None|\w+\.\w+.*|\w+\[.*", value))
+    # A template or a reference, not a value: {password}, $VAR, <your-password>, os.environ..., a type,
+    # a CONSTANT, a YAML boolean, or a placeholder that says so (REPLACE-ME...).
+    return bool(
+        re.fullmatch(
+            r"[{$<%].*|\w+\(.*|str|bytes|None|\w+\.\w+.*|\w+\[.*|[A-Z][A-Z0-9_]*|true|false|REPLACE-ME.*", value
+        )
+    )
 
 
 def test_no_credentials_in_the_repository() -> None:

@@ -7,8 +7,10 @@ own data folders, started with the same commands the machine uses.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -82,8 +84,20 @@ class PrivateRabbitMQ:
         _wait_port(self.amqp_port, up=True, timeout=60)
 
     def stop(self) -> None:
-        subprocess.run(["rabbitmqctl", "-n", self.node, "-q", "stop"], env=self.env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        """Gone at once: a throwaway node needs no graceful shutdown (rabbitmqctl stop took
+        up to 36 s of a fault test's teardown)."""
+        try:
+            pid = int((self.base / "pid").read_text().strip())
+        except (OSError, ValueError):
+            subprocess.run(["rabbitmqctl", "-n", self.node, "-q", "stop"], env=self.env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 15
+            while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            _wait_port(self.amqp_port, up=False, timeout=15)
         shutil.rmtree(self.base, ignore_errors=True)
 
 
