@@ -246,6 +246,8 @@ class RpcClient:
             raise BrokerUnavailable("RabbitMQ did not confirm the job in time") from None
         except (ChannelStuck, *CONNECTION_EXCEPTIONS) as exc:
             raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a channel closed mid-publish raises a bare Exception
+            raise BrokerUnavailable(f"publishing to RabbitMQ failed ({type(exc).__name__}: {exc})") from exc
 
     async def _nacks_without_cause(self) -> bool:
         """... or, on RabbitMQ 3.10, a channel whose first publish to the quorum queue came while the
@@ -264,6 +266,8 @@ class RpcClient:
             return True
         except (TimeoutError, *CONNECTION_EXCEPTIONS):
             return False
+        except Exception:  # noqa: BLE001 - the channel closed under the probe (aiormq: a bare Exception)
+            return True
         if (ok.message_count or 0) >= self.settings.queue_max_length // 2:
             self._found_full_at = time.monotonic()
             return False
