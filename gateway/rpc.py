@@ -246,7 +246,7 @@ class RpcClient:
             raise BrokerUnavailable("RabbitMQ did not confirm the job in time") from None
         except (ChannelStuck, *CONNECTION_EXCEPTIONS) as exc:
             raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - a channel closed mid-publish raises a bare Exception
+        except Exception as exc:  # a channel closed mid-publish raises a bare Exception
             raise BrokerUnavailable(f"publishing to RabbitMQ failed ({type(exc).__name__}: {exc})") from exc
 
     async def _nacks_without_cause(self) -> bool:
