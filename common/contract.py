@@ -206,7 +206,9 @@ class JobHeaders:
 
     def to_amqp(self) -> dict[str, Any]:
         headers: dict[str, Any] = {
-            HEADER_SHA256: self.sha256, HEADER_DEADLINE_MS: self.deadline_ms, HEADER_TOP_K: self.top_k
+            HEADER_SHA256: self.sha256,
+            HEADER_DEADLINE_MS: self.deadline_ms,
+            HEADER_TOP_K: self.top_k,
         }
         if self.probabilities:
             headers[HEADER_PROBABILITIES] = True

@@ -18,6 +18,7 @@ from common.settings import Settings
 DEAD_LETTER_MAX_LENGTH = 10_000
 DEAD_LETTER_MAX_BYTES = 256 * 1024 * 1024
 
+
 def request_queue_arguments(settings: Settings) -> dict[str, Any]:
     """Arguments of the request queue.
 
@@ -37,6 +38,7 @@ def request_queue_arguments(settings: Settings) -> dict[str, Any]:
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": dead_letter_queue(settings.queue_name),
     }
+
 
 def dead_letter_queue_arguments(settings: Settings) -> dict[str, Any]:
     """Arguments of the dead-letter queue: replicated like the request queue.

@@ -25,8 +25,22 @@ MANAGEMENT_PORT = int(os.environ.get("RABBITMQ_MANAGEMENT_PORT", "15672"))
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 REDIS_START = [
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-    "--save", "", "--appendonly", "no", "--dir", "/tmp", "--logfile", "/tmp/redis-serving.log",
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/tmp",
+    "--logfile",
+    "/tmp/redis-serving.log",
 ]
 
 
@@ -93,12 +107,15 @@ def ensure_management(host: str, user: str, password: str) -> None:
     """The management UI and HTTP API (tests read consumer counts from it)."""
     if not answers(host, MANAGEMENT_PORT):
         if host not in LOCAL_HOSTS or not shutil.which("rabbitmq-plugins"):
-            say(f"warning: the management UI does not answer on {host}:{MANAGEMENT_PORT}; "
-                "enable the rabbitmq_management plugin on that broker")
+            say(
+                f"warning: the management UI does not answer on {host}:{MANAGEMENT_PORT}; "
+                "enable the rabbitmq_management plugin on that broker"
+            )
             return
         say("enabling the rabbitmq_management plugin (offline)")
-        subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_management"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["rabbitmq-plugins", "enable", "rabbitmq_management"], check=True, stdout=subprocess.DEVNULL
+        )
     url = f"http://{host}:{MANAGEMENT_PORT}/api/overview"
     request = urllib.request.Request(url)
     token = f"{user}:{password}".encode()

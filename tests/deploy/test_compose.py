@@ -57,9 +57,11 @@ def test_config_is_valid_with_only_the_passwords_set(tmp_path: Path) -> None:
 @pytest.mark.parametrize("how", ["unset", "empty"])
 def test_config_fails_clearly_without_a_password(tmp_path: Path, missing: str, how: str) -> None:
     env_file = tmp_path / "partial.env"
-    env_file.write_text("".join(
-        f"{k}={'' if k == missing else v}\n" for k, v in SECRETS.items() if how == "empty" or k != missing
-    ))
+    env_file.write_text(
+        "".join(
+            f"{k}={'' if k == missing else v}\n" for k, v in SECRETS.items() if how == "empty" or k != missing
+        )
+    )
     result = run_compose_config(env_file, None, "-q")
     assert result.returncode != 0, f"compose accepted a stack without {missing}"
     assert f"set {missing} in .env (see .env.example)" in result.stderr, result.stderr
@@ -97,9 +99,23 @@ def test_the_cluster_profile_is_three_clustered_rabbitmq_nodes(
     env_file = tmp_path / "secrets.env"
     env_file.write_text(SECRETS_TEXT)
     result = subprocess.run(
-        [*compose_command(), "--env-file", str(env_file), "-f", "docker-compose.yml",
-         "-f", "docker-compose.cluster.yml", "--profile", "cluster", "config"],
-        check=False, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120,
+        [
+            *compose_command(),
+            "--env-file",
+            str(env_file),
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            "docker-compose.cluster.yml",
+            "--profile",
+            "cluster",
+            "config",
+        ],
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={k: v for k, v in os.environ.items() if k not in compose_variables()},
     )
     assert result.returncode == 0, result.stderr
@@ -173,8 +189,9 @@ def test_workers_serve_the_file_the_converter_writes(services: dict[str, Any], t
     assert lite["converter"]["build"]["args"]["MODEL"] == "efficientnet-lite0-int8"
 
 
-def test_gateway_keeps_uploads_and_feedback_in_named_volumes(config: dict[str, Any],
-                                                              services: dict[str, Any]) -> None:
+def test_gateway_keeps_uploads_and_feedback_in_named_volumes(
+    config: dict[str, Any], services: dict[str, Any]
+) -> None:
     gateway = services["gateway"]
     env = environment(gateway)
     by_target = {m.target: m for m in mounts(gateway)}
@@ -199,8 +216,14 @@ def test_services_use_a_broker_user_other_than_guest(services: dict[str, Any], t
 
 def test_gateway_and_workers_declare_the_same_queue(services: dict[str, Any]) -> None:
     gateway, classifier = environment(services["gateway"]), environment(services["classifier"])
-    for var in ("RABBITMQ_URL", "QUEUE_NAME", "QUEUE_MAX_LENGTH", "DELIVERY_LIMIT", "QUORUM_GROUP_SIZE",
-                "CACHE_TTL_S"):
+    for var in (
+        "RABBITMQ_URL",
+        "QUEUE_NAME",
+        "QUEUE_MAX_LENGTH",
+        "DELIVERY_LIMIT",
+        "QUORUM_GROUP_SIZE",
+        "CACHE_TTL_S",
+    ):
         assert var in gateway and gateway[var] == classifier.get(var), var
 
 
@@ -218,7 +241,7 @@ def test_redis_never_runs_open(services: dict[str, Any]) -> None:
     assert "--protected-mode" not in command
     # The default (password-less) user is switched off and stripped of every right.
     at = command.index("default")
-    assert command[at - 1] == "--user" and command[at + 1: at + 4] == ["off", "resetpass", "-@all"]
+    assert command[at - 1] == "--user" and command[at + 1 : at + 4] == ["off", "resetpass", "-@all"]
     assert "--maxmemory" in command and "allkeys-lru" in command
 
 
@@ -239,6 +262,7 @@ def test_images_are_built_from_the_repository_root(services: dict[str, Any]) -> 
 
 
 # --- .env.example ------------------------------------------------------------------------
+
 
 def env_example() -> dict[str, str]:
     values = {}
@@ -263,7 +287,9 @@ def test_env_example_values_are_the_defaults(config: dict[str, Any], tmp_path: P
 
 
 def test_no_variable_lacks_a_default() -> None:
-    bare = [v for text in compose_strings() for v in re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)]
+    bare = [
+        v for text in compose_strings() for v in re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)
+    ]
     assert not bare, f"variables without a default: {bare}"
 
 
@@ -294,7 +320,9 @@ exit 0
 """
 
 
-def run_converter_script(tmp_path: Path, model: str, fail: bool = False) -> tuple[subprocess.CompletedProcess[str], Path, list[str]]:
+def run_converter_script(
+    tmp_path: Path, model: str, fail: bool = False
+) -> tuple[subprocess.CompletedProcess[str], Path, list[str]]:
     converter = raw_compose()["services"]["converter"]
     assert converter["entrypoint"][:2] == ["sh", "-ec"]
     models = tmp_path / "models"
@@ -346,6 +374,7 @@ def test_converter_fails_when_the_model_file_is_not_written(tmp_path: Path) -> N
 
 
 # --- memory limits -----------------------------------------------------------------------
+
 
 def memory_bytes(value: object) -> int:
     """A Compose memory size (bytes, or 512m / 1g / 1536M as v1 prints it) in bytes."""

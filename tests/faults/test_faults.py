@@ -47,8 +47,14 @@ async def test_worker_killed_under_load(gateway, workers, distinct_jpegs, queue_
     gw = gateway(REQUEST_TIMEOUT_S=DEADLINE_S)
     total = 300
     load = asyncio.create_task(
-        run_load(f"{gw.base_url}/predict", distinct_jpegs, concurrency=8, deadline_s=DEADLINE_S,
-                 total=total, unique=True)
+        run_load(
+            f"{gw.base_url}/predict",
+            distinct_jpegs,
+            concurrency=8,
+            deadline_s=DEADLINE_S,
+            total=total,
+            unique=True,
+        )
     )
     # Kill it mid-run, while it holds jobs: after it has done some, long before the load ends.
     await asyncio.to_thread(wait_for_worker_jobs, doomed.metrics_port, 20)
@@ -72,8 +78,14 @@ async def test_broker_stopped_and_started_under_load(
     worker = workers(**env)
     gw = gateway(**env)
     load = asyncio.create_task(
-        run_load(f"{gw.base_url}/predict", distinct_jpegs, concurrency=4, deadline_s=DEADLINE_S, duration_s=30,
-                 unique=True)
+        run_load(
+            f"{gw.base_url}/predict",
+            distinct_jpegs,
+            concurrency=4,
+            deadline_s=DEADLINE_S,
+            duration_s=30,
+            unique=True,
+        )
     )
     await asyncio.sleep(4)
     await asyncio.to_thread(private_rabbitmq.stop_app)
@@ -146,7 +158,12 @@ async def test_overload_at_ten_times_capacity(gateway, workers, distinct_jpegs, 
             async with session.post(url, data=form) as response:
                 image_id = (await response.json())["image"]
             for i in range(40):
-                payload = {"image": image_id, "prediction": "espresso", "score": 0.5, "correct_label": f"label {i}"}
+                payload = {
+                    "image": image_id,
+                    "prediction": "espresso",
+                    "score": 0.5,
+                    "correct_label": f"label {i}",
+                }
                 async with session.post(f"{gw.base_url}/feedback", json=payload) as response:
                     assert response.status in (200, 503), await response.text()
                     feedback_sent += response.status == 200
