@@ -71,8 +71,10 @@ async def test_worker_killed_under_load(gateway, workers, distinct_jpegs, queue_
     assert survivor.proc.poll() is None
 
 
+# The private broker comes first: set up before the services, torn down after them, so they
+# stop against a live broker (against a dead one, a worker's drain waits ~30 s).
 async def test_broker_stopped_and_started_under_load(
-    gateway, workers, distinct_jpegs, private_rabbitmq, queue_name
+    private_rabbitmq, gateway, workers, distinct_jpegs, queue_name
 ):
     env = {"RABBITMQ_URL": private_rabbitmq.url, "REQUEST_TIMEOUT_S": DEADLINE_S}
     worker = workers(**env)
@@ -106,7 +108,7 @@ async def test_broker_stopped_and_started_under_load(
     private_rabbitmq.api.wait_until_drained(queue_name)
 
 
-async def test_redis_stopped_and_started_under_load(gateway, workers, distinct_jpegs, private_redis):
+async def test_redis_stopped_and_started_under_load(private_redis, gateway, workers, distinct_jpegs):
     env = {"REDIS_URL": private_redis.url, "REQUEST_TIMEOUT_S": DEADLINE_S}
     workers(**env)
     gw = gateway(**env)
