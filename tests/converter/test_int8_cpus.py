@@ -101,8 +101,10 @@ def test_the_served_int8_file_is_exact_without_vnni_and_u8s8_is_not(
         predict(lite0_int8_model, photo_inputs),
         predict(saturating_u8s8, photo_inputs),
     )
-    # The served scheme: the same integers on both paths, so the same probabilities.
-    assert np.abs(served - native_served).max() <= 1e-5
+    # The served scheme: the same integers on both paths, so the same probabilities (the float
+    # parts, e.g. the stem, may round differently on another CPU's vector width: 1e-3 allows for
+    # that and is still 400x below what saturation does).
+    assert np.abs(served - native_served).max() <= 1e-3
     assert (served.argmax(1) == native_served.argmax(1)).all()
     # The check can see saturation: the u8s8 file answers differently without VNNI.
     # (Exact only where this machine has VNNI; on an AVX2-only host both sides saturate alike.)
@@ -110,5 +112,5 @@ def test_the_served_int8_file_is_exact_without_vnni_and_u8s8_is_not(
 
     if this_cpu().vnni:
         assert np.abs(u8s8 - native_u8s8).max() > 0.01
-    else:
-        assert np.abs(u8s8 - native_u8s8).max() <= 1e-5
+    else:  # an AVX2-only host saturates natively too, and the emulator must reproduce it
+        assert np.abs(u8s8 - native_u8s8).max() <= 1e-3
