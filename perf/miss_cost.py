@@ -103,17 +103,21 @@ def main() -> None:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
                     time.sleep(0.5)
-                cpu0, t0 = sum(proc.cpu_times()[:2]), time.perf_counter()
+                times0, t0 = proc.cpu_times(), time.perf_counter()
                 statuses = asyncio.run(
                     post_misses(f"http://127.0.0.1:{port}/predict", photo, args.requests, args.clients)
                 )
-                cpu_ms = (sum(proc.cpu_times()[:2]) - cpu0) * 1000 / args.requests
+                times1 = proc.cpu_times()
+                user_ms = (times1.user - times0.user) * 1000 / args.requests
+                system_ms = (times1.system - times0.system) * 1000 / args.requests
+                cpu_ms = user_ms + system_ms
                 elapsed = time.perf_counter() - t0
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(30)
                 per_miss[repo].append(cpu_ms)
-                print(f"round {round_ + 1} gateway{i} ({repo}): {cpu_ms:.2f} ms CPU per miss, "
+                print(f"round {round_ + 1} gateway{i} ({repo}): {cpu_ms:.2f} ms CPU per miss "
+                      f"(user {user_ms:.2f}, kernel {system_ms:.2f}), "
                       f"{args.requests / elapsed:.0f} req/s, statuses {statuses}, "
                       f"load average {os.getloadavg()[0]:.2f}", flush=True)
         for i, (repo, values) in enumerate(per_miss.items()):
