@@ -6,7 +6,7 @@ base commit), all on one private queue. Then, in alternating rounds, posts ``--r
 unique photos (a real photo with random bytes after its end: a new sha256, the same pixels)
 to each gateway from ``--clients`` closed-loop aiohttp clients, and reads the gateway's CPU
 time (user + system) before and after. ``--profile DIR``: also a ``py-spy record`` (raw) of
-each gateway during its first round.
+each gateway during its first round (500 samples/s: that round's CPU figure includes py-spy's cost).
 
 ``python -m perf.miss_cost --requests 300 --rounds 3 [--repo /path/before --repo .]``
 """
@@ -98,7 +98,7 @@ def main() -> None:
                 if args.profile and round_ == 0:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     spy = subprocess.Popen(
-                        [PY_SPY, "record", "--format", "raw", "--rate", "200", "--pid", str(proc.pid),
+                        [PY_SPY, "record", "--format", "raw", "--rate", "500", "--pid", str(proc.pid),
                          "--output", str(args.profile / f"gateway{i}.txt"), "--nonblocking"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                     )
