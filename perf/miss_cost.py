@@ -30,6 +30,7 @@ import psutil
 from devtools.processes import REPO_ROOT, ServiceProcess, free_port, http_ok, service_env, start_worker
 from perf.loadgen import BOUNDARY, multipart
 from perf.profile import PY_SPY
+from perf.services import delete_queue
 
 PHOTO = REPO_ROOT / "tests" / "data" / "coffee.jpg"
 
@@ -39,6 +40,7 @@ async def post_misses(url: str, photo: bytes, requests: int, clients: int) -> di
     statuses: dict[int, int] = {}
     headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
     async with aiohttp.ClientSession() as session:
+
         async def client() -> None:
             while bodies:
                 body = bodies.pop()
@@ -56,8 +58,11 @@ def start_gateway_from(repo: Path, env: dict[str, object], log_dir: Path, name: 
     process.name, process.log_path = name, log_dir / f"{name}.log"
     process._log = open(process.log_path, "wb")
     process.proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway"], cwd=repo, env=service_env({**env, "PYTHONPATH": repo}),
-        stdout=process._log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "gateway"],
+        cwd=repo,
+        env=service_env({**env, "PYTHONPATH": repo}),
+        stdout=process._log,
+        stderr=subprocess.STDOUT,
     )
     process.wait_until(lambda: http_ok(f"http://127.0.0.1:{env['PORT']}/health/ready"), 60, "/health/ready")
     return process
@@ -77,8 +82,13 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="miss-cost-"))
     queue = f"bench.miss.{uuid.uuid4().hex[:8]}"
-    env = {"QUEUE_NAME": queue, "REDIS_URL": args.redis_url, "MODEL_PATH": args.model, "ORT_THREADS": 1,
-           "FEEDBACK_CSV": work / "feedback.csv"}
+    env = {
+        "QUEUE_NAME": queue,
+        "REDIS_URL": args.redis_url,
+        "MODEL_PATH": args.model,
+        "ORT_THREADS": 1,
+        "FEEDBACK_CSV": work / "feedback.csv",
+    }
     photo = PHOTO.read_bytes()
     started: list[ServiceProcess] = []
     try:
@@ -98,9 +108,21 @@ def main() -> None:
                 if args.profile and round_ == 0:
                     args.profile.mkdir(parents=True, exist_ok=True)
                     spy = subprocess.Popen(
-                        [PY_SPY, "record", "--format", "raw", "--rate", "500", "--pid", str(proc.pid),
-                         "--output", str(args.profile / f"gateway{i}.txt"), "--nonblocking"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                        [
+                            PY_SPY,
+                            "record",
+                            "--format",
+                            "raw",
+                            "--rate",
+                            "500",
+                            "--pid",
+                            str(proc.pid),
+                            "--output",
+                            str(args.profile / f"gateway{i}.txt"),
+                            "--nonblocking",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
                     )
                     time.sleep(0.5)
                 times0, t0 = proc.cpu_times(), time.perf_counter()
@@ -116,22 +138,23 @@ def main() -> None:
                     spy.send_signal(2)
                     spy.wait(30)
                 per_miss[repo].append(cpu_ms)
-                print(f"round {round_ + 1} gateway{i} ({repo}): {cpu_ms:.2f} ms CPU per miss "
-                      f"(user {user_ms:.2f}, kernel {system_ms:.2f}), "
-                      f"{args.requests / elapsed:.0f} req/s, statuses {statuses}, "
-                      f"load average {os.getloadavg()[0]:.2f}", flush=True)
+                print(
+                    f"round {round_ + 1} gateway{i} ({repo}): {cpu_ms:.2f} ms CPU per miss "
+                    f"(user {user_ms:.2f}, kernel {system_ms:.2f}), "
+                    f"{args.requests / elapsed:.0f} req/s, statuses {statuses}, "
+                    f"load average {os.getloadavg()[0]:.2f}",
+                    flush=True,
+                )
         for i, (repo, values) in enumerate(per_miss.items()):
-            print(f"gateway{i} ({repo}): median {statistics.median(values):.2f} ms CPU per miss "
-                  f"({', '.join(f'{v:.2f}' for v in values)})")
+            print(
+                f"gateway{i} ({repo}): median {statistics.median(values):.2f} ms CPU per miss "
+                f"({', '.join(f'{v:.2f}' for v in values)})"
+            )
     finally:
         for process in reversed(started):
             process.terminate()
-        try:
-            from tests.support import rabbitmq_api
-            rabbitmq_api.delete_queue(queue)
-            rabbitmq_api.delete_queue(f"{queue}.dead")
-        except Exception:
-            pass
+        delete_queue(queue)  # the private queue goes with the run
+        delete_queue(f"{queue}.dead")
 
 
 if __name__ == "__main__":

@@ -41,4 +41,3 @@ def test_the_gateway_container_runs_gateway_processes_of_them() -> None:
     with mock.patch.dict(os.environ, {"GATEWAY_PROCESSES": "2"}):
         gateways = programs(GATEWAY_CONF)["gateway"]
     assert [name for name, _ in gateways] == ["gateway-0", "gateway-1"]
-

@@ -15,7 +15,6 @@ from tests.support import rabbitmq_api
 from tests.support.metrics import scrape
 
 
-
 def process_info(base_url: str) -> tuple[int, str]:
     """(pid, reply queue) of the gateway process that took this new connection."""
     [labels] = [labels for name, labels, _ in scrape(f"{base_url}/metrics") if name == "gateway_process_info"]
@@ -25,11 +24,17 @@ def process_info(base_url: str) -> tuple[int, str]:
 def predict_status(base_url: str, photo: bytes) -> int:
     boundary = "gatewayprocesses"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"p.jpg\"\r\n"
-        f"Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="p.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + photo
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     request = urllib.request.Request(
-        f"{base_url}/predict", data=body, headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        f"{base_url}/predict",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
     )
     with urllib.request.urlopen(request, timeout=20) as response:
         return response.status
