@@ -1,12 +1,13 @@
 # The two commands a newcomer needs:
 #   make run WORKERS=2   set up everything, then serve the page on http://127.0.0.1:8000/
 #   make test            set up everything, then run the whole test suite
+SHELL   := /bin/bash
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 WORKERS ?= 2
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test bench services system-packages models setup-run setup-dev worker lint clean
+.PHONY: run test bench services system-packages models setup-run setup-dev worker lint clean cluster cluster-stop
 
 run: setup-run services
 	$(PY) scripts/run_stack.py --workers $(WORKERS)
@@ -39,10 +40,17 @@ system-packages:
 # beside them: the converter tests read it instead of converting the same model a second time.
 models: setup-dev
 	@test -f models/efficientnet-lite0-int8.onnx -a -f models/efficientnet-lite0.convert.log || { \
-	  mkdir -p models && \
-	  $(PY) -m converter efficientnet-lite0 --int8 --out-dir models > models/.convert.log.tmp && \
-	  mv models/.convert.log.tmp models/efficientnet-lite0.convert.log && \
-	  cat models/efficientnet-lite0.convert.log; }
+	  set -o pipefail && mkdir -p models && \
+	  $(PY) -m converter efficientnet-lite0 --int8 --out-dir models | tee models/.convert.log.tmp && \
+	  mv models/.convert.log.tmp models/efficientnet-lite0.convert.log; }
+
+# A local three-node RabbitMQ cluster beside the machine's own node (README, "RabbitMQ cluster");
+# it prints the RABBITMQ_URL that lists its nodes.
+cluster:
+	python3 scripts/rabbitmq_cluster.py start
+
+cluster-stop:
+	python3 scripts/rabbitmq_cluster.py stop
 
 # Static checks (configured in pyproject.toml): ruff lint and format check over the whole tree,
 # mypy strict on the services and common/, the Dockerfiles, the compose file.

@@ -11,19 +11,14 @@ next attempt.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
-import time
 from collections.abc import Sequence
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from classifier import metrics
-from common.contract import ModelInfo, model_announcement_key
+from common.contract import ModelInfo, model_announcement, model_announcement_key
+from common.redis_link import RedisBackoff, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +38,16 @@ class ResultCache:
     def __init__(self, url: str, ttl_s: int, *, timeout_s: float = SOCKET_TIMEOUT_S) -> None:
         self.ttl_s = ttl_s
         self._timeout_s = timeout_s
-        self._redis = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            # One immediate retry: the first command on a pooled connection that
-            # Redis closed (restart) fails; the retry reconnects.
-            retry=Retry(NoBackoff(), 1),
-            health_check_interval=30,
-        )
-        self._skip_until = 0.0
-        self._last_warning = -math.inf
-        self._failing = False
+        # One immediate retry (a timeout too): a pooled connection that Redis closed fails once.
+        self._redis = redis_client(url, timeout_s, retry_timeouts=True, health_check_interval=30)
+        self._backoff = RedisBackoff(RETRY_AFTER_S, warn_every_s=WARN_EVERY_S)
         self._recovered = asyncio.Event()
 
     async def store(self, entries: Sequence[tuple[str, bytes]]) -> bool:
         """SET each (key, value) with the TTL, in one round trip. False if not written."""
         if not entries:
             return True
-        if time.monotonic() < self._skip_until:
+        if self._backoff.skipping:
             metrics.CACHE_WRITE_FAILURES.inc(len(entries))
             return False
         try:
@@ -79,7 +65,7 @@ class ResultCache:
 
     async def announce(self, queue: str, model: ModelInfo, ttl_s: int = ANNOUNCE_TTL_S) -> bool:
         """Tell gateways which model (hence which cache version) serves ``queue``."""
-        value = json.dumps({"name": model.name, "version": model.version}, separators=(",", ":"))
+        value = model_announcement(model)
         try:
             async with asyncio.timeout(self._timeout_s * 4):
                 await self._redis.set(model_announcement_key(queue), value, ex=ttl_s)
@@ -110,19 +96,13 @@ class ResultCache:
             log.debug("closing Redis: %s", exc)
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        self._skip_until = now + RETRY_AFTER_S
-        self._failing = True
-        if now - self._last_warning >= WARN_EVERY_S:
-            self._last_warning = now
+        if self._backoff.failed():
             log.warning(
                 "Redis unavailable (%s: %s: %s); going on without the cache, retrying every %.0f s",
                 what, type(exc).__name__, exc, RETRY_AFTER_S,
             )
 
     def _succeeded(self) -> None:
-        if self._failing:
-            self._failing = False
-            self._last_warning = -math.inf
+        if self._backoff.succeeded():
             self._recovered.set()
             log.info("Redis is reachable again; caching resumed")

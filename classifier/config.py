@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.settings import Settings
+from common.settings import Settings, broker_addresses
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Settings:
@@ -50,6 +50,12 @@ def _validate(parser: argparse.ArgumentParser, settings: Settings) -> None:
         problems.append(f"PREFETCH must be >= 1, got {settings.prefetch}")
     if settings.delivery_limit < 1:  # 0 would refuse every job as poison
         problems.append(f"DELIVERY_LIMIT must be >= 1, got {settings.delivery_limit}")
+    if settings.quorum_group_size < 1:
+        problems.append(f"QUORUM_GROUP_SIZE must be >= 1, got {settings.quorum_group_size}")
+    try:
+        broker_addresses(settings.rabbitmq_url)
+    except ValueError as exc:
+        problems.append(str(exc))
     if settings.max_pixels < 1:
         problems.append(f"MAX_PIXELS must be >= 1, got {settings.max_pixels}")
     if settings.int8_on_saturating_cpu not in ("refuse", "warn"):

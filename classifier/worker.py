@@ -47,6 +47,7 @@ from classifier.cache import ANNOUNCE_EVERY_S, ResultCache
 from classifier.metrics import Outcome
 from classifier.model import Model
 from classifier.preprocess import ImageDecodeError, Preprocessor, configure_pillow
+from common.broker import backoff_delay, connect_until_up
 from common.contract import (
     MAX_TOP_K,
     ContractError,
@@ -70,8 +71,6 @@ log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT_S = 10.0
 # Deliveries already on the wire when the consumer is cancelled land within this.
 CANCEL_GRACE_S = 0.1
-# Back-off while the broker is unreachable at start-up, or refuses to let us consume again.
-CONNECT_BACKOFF_S = (0.5, 1, 2, 5, 10)
 # Two at most: the worst decodes within MAX_PIXELS take ~400 MiB each (README, "Decode cost"),
 # and decoding overlaps inference with two as well as with four.
 DECODE_THREADS = max(1, min(2, os.cpu_count() or 1))
@@ -180,20 +179,12 @@ class Worker:
             await self._close()
 
     async def _connect(self) -> AbstractRobustConnection | None:
-        """connect_robust, retrying while the broker is down (e.g. the worker started first)."""
-        attempt = 0
-        while not self._stop.is_set():
-            try:
-                return await aio_pika.connect_robust(
-                    self.settings.rabbitmq_url,
-                    client_properties={"connection_name": f"classifier {socket.gethostname()} {os.getpid()}"},
-                )
-            except (OSError, aio_pika.exceptions.AMQPError) as exc:
-                delay = _backoff(attempt)
-                log.warning("RabbitMQ unreachable (%s); retrying in %g s", exc, delay)
-                attempt += 1
-                await self._sleep_unless_stopped(delay)
-        return None
+        """Connect to a node of RABBITMQ_URL, retrying while none answers (e.g. the worker started first)."""
+        return await connect_until_up(
+            self.settings.rabbitmq_addresses,
+            name=f"classifier {socket.gethostname()} {os.getpid()}",
+            stop=self._stop,
+        )
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -233,7 +224,7 @@ class Worker:
             try:
                 await self._consume()
             except Exception as exc:  # noqa: BLE001 - broker trouble: retry with back-off
-                delay = _backoff(attempt)
+                delay = backoff_delay(attempt)
                 attempt += 1
                 log.warning(
                     "consuming again failed (%s: %s); retrying in %g s", type(exc).__name__, exc, delay
@@ -474,10 +465,6 @@ def _internal(message: AbstractIncomingMessage, text: str) -> Settlement:
     return Settlement(message, FailureReply(ErrorCode.INTERNAL, text), Outcome.INTERNAL)
 
 
-def _backoff(attempt: int) -> float:
-    return CONNECT_BACKOFF_S[min(attempt, len(CONNECT_BACKOFF_S) - 1)]
-
-
 def _delivered_before(message: AbstractIncomingMessage) -> int:
     """How many times the broker delivered this job before this delivery (0 if never)."""
     try:
@@ -486,9 +473,11 @@ def _delivered_before(message: AbstractIncomingMessage) -> int:
         return 0
 
 
-def _log_reconnected(*_: object) -> None:
-    # aio-pika re-opens the channel, re-applies the QoS, re-declares the queue and re-consumes.
-    log.info("reconnected to RabbitMQ; consuming again")
+def _log_reconnected(*args: object) -> None:
+    # aio-pika re-opens the channel, re-applies the QoS, re-declares the queue and re-consumes
+    # (on another node of the cluster if ours went away: common/broker.py).
+    # aio-pika passes the connection first; its str() is the node's address without the password.
+    log.info("reconnected to RabbitMQ at %s; consuming again", args[0] if args else "?")
 
 
 async def _nack_quietly(message: AbstractIncomingMessage) -> None:

@@ -153,6 +153,20 @@ class ContractError(ValueError):
     """A message that does not follow this contract."""
 
 
+def model_announcement(model: ModelInfo) -> str:
+    """The value workers store under :func:`model_announcement_key`: ``{"name": ..., "version": ...}``."""
+    return json.dumps({"name": model.name, "version": model.version}, separators=(",", ":"))
+
+
+def parse_model_announcement(raw: bytes | str) -> ModelInfo:
+    """Decode a model announcement; :class:`ContractError` if it is not one."""
+    try:
+        data = json.loads(raw)
+        return ModelInfo(name=str(data["name"]), version=str(data["version"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ContractError(f"malformed model announcement: {exc}") from exc
+
+
 def parse_reply(body: bytes) -> Reply:
     """Decode a reply (or a cache entry) into its typed form."""
     try:
@@ -192,7 +206,9 @@ class JobHeaders:
 
     def to_amqp(self) -> dict[str, Any]:
         headers: dict[str, Any] = {
-            HEADER_SHA256: self.sha256, HEADER_DEADLINE_MS: self.deadline_ms, HEADER_TOP_K: self.top_k
+            HEADER_SHA256: self.sha256,
+            HEADER_DEADLINE_MS: self.deadline_ms,
+            HEADER_TOP_K: self.top_k,
         }
         if self.probabilities:
             headers[HEADER_PROBABILITIES] = True

@@ -24,7 +24,15 @@ META_RESIZE = "resize"
 META_SOURCE = "source"
 META_CONVERTER = "converter"
 META_CREATED = "created"
-REQUIRED_METADATA = (META_NAME, META_LABELS, META_INPUT_SIZE, META_RESIZE, META_SOURCE, META_CONVERTER, META_CREATED)
+REQUIRED_METADATA = (
+    META_NAME,
+    META_LABELS,
+    META_INPUT_SIZE,
+    META_RESIZE,
+    META_SOURCE,
+    META_CONVERTER,
+    META_CREATED,
+)
 # Optional: set on int8 files, the key of INT8_SCHEMES they were quantised with.
 META_INT8_SCHEME = "int8_scheme"
 
@@ -89,7 +97,10 @@ class Int8Scheme:
     def describe(self) -> str:
         parts = ["activations uint8, weights int8 per-channel"]
         if self.reduce_range:
-            parts.append("7-bit (reduce_range)" + (" except depthwise convs (8-bit)" if self.depthwise_full_range else ""))
+            parts.append(
+                "7-bit (reduce_range)"
+                + (" except depthwise convs (8-bit)" if self.depthwise_full_range else "")
+            )
         if self.float_stem:
             parts.append("first conv float")
         return ", ".join(parts)

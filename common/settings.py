@@ -10,14 +10,36 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from common.contract import DEFAULT_QUEUE
+
+
+def broker_addresses(rabbitmq_url: str) -> list[str]:
+    """The AMQP addresses in ``RABBITMQ_URL``: one, or the nodes of one cluster separated by commas."""
+    addresses = [part.strip() for part in rabbitmq_url.split(",") if part.strip()]
+    if not addresses:
+        raise ValueError("RABBITMQ_URL holds no address")
+    for address in addresses:
+        if urlsplit(address).scheme not in ("amqp", "amqps"):
+            raise ValueError(f"RABBITMQ_URL: {redact(address)!r} is not an amqp:// or amqps:// address")
+    return addresses
+
+
+def redact(address: str) -> str:
+    """The address without its password, for logs."""
+    parts = urlsplit(address)
+    if not parts.password:
+        return address
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:******@{host}"))
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every tunable of the system; build it with :meth:`from_env`."""
 
+    # One AMQP address, or the nodes of one cluster separated by commas (common/broker.py).
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = DEFAULT_QUEUE
@@ -27,6 +49,8 @@ class Settings:
     queue_max_length: int = 256
     # Deliveries of one job before RabbitMQ dead-letters it (a job that kills workers).
     delivery_limit: int = 3
+    # Replicas of each quorum queue (x-quorum-initial-group-size); a smaller cluster caps it.
+    quorum_group_size: int = 3
     cache_ttl_s: int = 86_400
     max_batch: int = 8
     batch_wait_ms: float = 2.0
@@ -60,6 +84,10 @@ class Settings:
     # or "warn" loudly and serve it anyway (its answers differ from the converter's checks).
     int8_on_saturating_cpu: str = "refuse"
     log_level: str = "INFO"
+
+    @property
+    def rabbitmq_addresses(self) -> list[str]:
+        return broker_addresses(self.rabbitmq_url)
 
     @property
     def max_upload_bytes(self) -> int:

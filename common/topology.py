@@ -18,16 +18,20 @@ from common.settings import Settings
 DEAD_LETTER_MAX_LENGTH = 10_000
 DEAD_LETTER_MAX_BYTES = 256 * 1024 * 1024
 
+
 def request_queue_arguments(settings: Settings) -> dict[str, Any]:
     """Arguments of the request queue.
 
     A quorum queue, because only quorum queues count deliveries: a job that
     crashes worker after worker is dead-lettered after ``delivery_limit``
-    attempts instead of looping forever. ``reject-publish`` makes a full queue
-    nack the publish, which the gateway turns into an immediate 503.
+    attempts instead of looping forever; and because it is replicated on
+    ``quorum_group_size`` nodes of a cluster, so losing a node loses no job.
+    ``reject-publish`` makes a full queue nack the publish, which the gateway
+    turns into an immediate 503.
     """
     return {
         "x-queue-type": "quorum",
+        "x-quorum-initial-group-size": settings.quorum_group_size,
         "x-max-length": settings.queue_max_length,
         "x-overflow": "reject-publish",
         "x-delivery-limit": settings.delivery_limit,
@@ -35,18 +39,29 @@ def request_queue_arguments(settings: Settings) -> dict[str, Any]:
         "x-dead-letter-routing-key": dead_letter_queue(settings.queue_name),
     }
 
+
+def dead_letter_queue_arguments(settings: Settings) -> dict[str, Any]:
+    """Arguments of the dead-letter queue: replicated like the request queue.
+
+    A classic queue would live on one node only: with that node down, every
+    re-declaration (each reconnecting client) would be refused, and its jobs lost.
+    """
+    return {
+        "x-queue-type": "quorum",
+        "x-quorum-initial-group-size": settings.quorum_group_size,
+        "x-max-length": DEAD_LETTER_MAX_LENGTH,
+        "x-max-length-bytes": DEAD_LETTER_MAX_BYTES,
+        "x-overflow": "drop-head",
+    }
+
+
 async def declare_request_queue(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
     """Declare the dead-letter queue and the request queue; return the request queue."""
     await channel.declare_queue(
         dead_letter_queue(settings.queue_name),
         durable=True,
-        arguments={
-            "x-max-length": DEAD_LETTER_MAX_LENGTH,
-            "x-max-length-bytes": DEAD_LETTER_MAX_BYTES,
-            "x-overflow": "drop-head",
-        },
+        arguments=dead_letter_queue_arguments(settings),
     )
     return await channel.declare_queue(
         settings.queue_name, durable=True, arguments=request_queue_arguments(settings)
     )
-

@@ -188,9 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _options(args: argparse.Namespace) -> Options:
-    from converter.pipeline import Options
-
     from converter import labelled
+    from converter.pipeline import Options
     from converter.quantize import Gate
 
     return Options(

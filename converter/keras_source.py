@@ -67,7 +67,7 @@ def _to_onnx(fn, input_size: tuple[int, int], progress: Progress, what: str):
     progress.stage("tf2onnx", f"converting {what} (opset {OPSET}; the slow, memory-hungry step)")
     try:
         core, _ = tf2onnx.convert.from_function(traced, input_signature=spec, opset=OPSET)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - tf2onnx raises anything; the user gets one line
         raise ConverterError(f"tf2onnx could not convert {what}: {_short(exc)}") from None
     return core
 
@@ -182,7 +182,7 @@ def export_resnet50(weights: str, seed: int, progress: Progress, threads: int) -
         model = keras.applications.ResNet50(weights=None)
         try:
             model.load_weights(weights)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - Keras/h5py raise many types for a bad file
             raise ConverterError(f"cannot load ResNet50 weights from {weights}: {_short(exc)}") from None
         name, source = RESNET50, f"keras.applications.ResNet50, weights from {Path(weights).name}"
 
@@ -217,7 +217,7 @@ def _load_saved_model(tf, path: Path):
     """A TF SavedModel's serving signature as (call(x) -> array, input shape, output shape)."""
     try:
         loaded = tf.saved_model.load(str(path))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - TF raises many types for a folder that is not one
         raise ConverterError(f"cannot load {path} as a SavedModel: {_short(exc)}") from None
     sigs = getattr(loaded, "signatures", {})
     key = "serving_default" if "serving_default" in sigs else next(iter(sigs), None)
@@ -251,7 +251,7 @@ def _load_keras_file(keras, path: Path):
         raise ConverterError(f"{path} is not a Keras model (not an HDF5 file)")
     try:
         model = keras.models.load_model(str(path), compile=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - Keras raises many types for a file that is not a model
         raise ConverterError(f"cannot load {path} as a Keras model: {_short(exc)}") from None
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ConverterError(

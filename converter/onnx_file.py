@@ -77,7 +77,7 @@ def wrap(
     new_output = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, classes])
     kept_inputs = [i for i in graph.input if i.name in init_names]
     del graph.input[:]
-    graph.input.extend([new_input] + kept_inputs)
+    graph.input.extend([new_input, *kept_inputs])
     del graph.output[:]
     graph.output.append(new_output)
     return core
@@ -111,7 +111,7 @@ def load(path: Path):
         raise ConverterError(f"not a file: {path}")
     try:
         model = onnx.load(str(path))
-    except Exception as exc:  # onnx raises DecodeError, ValueError, ... for non-model bytes
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError, ValueError, ... for non-model bytes
         raise ConverterError(f"{path} is not an ONNX model ({type(exc).__name__})") from None
     if not model.graph.node:
         raise ConverterError(f"{path} is not an ONNX model (empty graph)")

@@ -86,11 +86,7 @@ def int8_path_for(fp32_path: Path) -> Path:
 def _stem_and_depthwise_weights(model) -> tuple[str | None, list[str]]:
     """The first convolution's node name, and the weight names of the depthwise convolutions."""
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
-    depthwise = [
-        n.input[1]
-        for n in convs
-        if any(a.name == "group" and a.i > 1 for a in n.attribute)
-    ]
+    depthwise = [n.input[1] for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
     consumers: dict[str, list] = {}
     for node in model.graph.node:
         for name in node.input:
@@ -239,7 +235,9 @@ def quantize_file(
             f"kept float: {len(keep_float)} nodes (normalisation, softmax"
             f"{', first conv' if recipe.float_stem and stem else ''})",
         )
-        options: dict[str, object] = {"CalibStridedMinMax": calibration.stride(len(reader), MAX_CHUNK_BATCHES)}
+        options: dict[str, object] = {
+            "CalibStridedMinMax": calibration.stride(len(reader), MAX_CHUNK_BATCHES)
+        }
         if overrides:
             options["TensorQuantOverrides"] = overrides
         quantize_static(
@@ -272,8 +270,7 @@ def quantize_file(
         int8_meta,
         extra={
             "quantization": (
-                f"static QDQ, {recipe.describe()}, MinMax calibration on {len(calib)} inputs "
-                f"({calib_source})"
+                f"static QDQ, {recipe.describe()}, MinMax calibration on {len(calib)} inputs ({calib_source})"
             ),
         },
     )

@@ -9,14 +9,9 @@ that each request does not pay a connect timeout.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from common.contract import (
@@ -25,8 +20,10 @@ from common.contract import (
     SuccessReply,
     cache_key,
     model_announcement_key,
+    parse_model_announcement,
     parse_reply,
 )
+from common.redis_link import RedisBackoff, redis_client
 
 log = logging.getLogger(__name__)
 
@@ -42,32 +39,27 @@ class ResultCache:
     """Reads cached replies for the model the workers announce; reports whether Redis is up."""
 
     def __init__(self, redis_url: str, queue_name: str) -> None:
-        self._client = aioredis.Redis.from_url(
-            redis_url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            # One immediate retry, on a dropped connection only: after a Redis restart each
-            # pooled connection fails once, and without it each would cost a miss and a back-off.
-            # No retry on a timeout: a miss is cheaper than a slow answer.
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
+        # No retry on a timeout: a miss is cheaper than a slow answer.
+        self._client = redis_client(redis_url, SOCKET_TIMEOUT_S, retry_timeouts=False)
         self._announcement_key = model_announcement_key(queue_name)
         self._model: ModelInfo | None = None
         self._model_read_at = float("-inf")
-        self._down_until = float("-inf")
-        self.up: bool | None = None  # None: not asked yet
+        self._backoff = RedisBackoff(BACKOFF_S)
+
+    @property
+    def up(self) -> bool | None:
+        """Whether Redis answered last time; None: not asked yet."""
+        return self._backoff.up
 
     async def close(self) -> None:
         await self._client.aclose()
 
     def _failed(self, what: str, exc: Exception) -> None:
-        if self.up is not False:
+        if self._backoff.failed():
             log.warning("Redis unavailable (%s: %s); serving without the cache", what, exc)
-        self.up = False
-        self._down_until = time.monotonic() + BACKOFF_S
 
     def _skipping(self) -> bool:
-        return time.monotonic() < self._down_until
+        return self._backoff.skipping
 
     async def model(self) -> ModelInfo | None:
         """The model the workers announce, re-read every few seconds; None if unknown."""
@@ -78,7 +70,7 @@ class ResultCache:
         except RedisError as exc:
             self._failed("model announcement", exc)
             return self._model
-        self.up = True
+        self._backoff.succeeded()
         self._model_read_at = time.monotonic()
         self._model = _parse_model(raw)
         return self._model
@@ -96,7 +88,7 @@ class ResultCache:
         except RedisError as exc:
             self._failed("cache read", exc)
             return None
-        self.up = True
+        self._backoff.succeeded()
         if raw is None:
             return None
         try:
@@ -121,8 +113,8 @@ class ResultCache:
         except RedisError as exc:
             self._failed("ping", exc)
             return False
-        self.up = True
-        self._down_until = float("-inf")
+        self._backoff.succeeded()
+        self._backoff.clear()
         return True
 
 
@@ -130,8 +122,7 @@ def _parse_model(raw: bytes | str | None) -> ModelInfo | None:
     if raw is None:
         return None
     try:
-        data = json.loads(raw)
-        return ModelInfo(name=str(data["name"]), version=str(data["version"]))
-    except (ValueError, KeyError, TypeError) as exc:
+        return parse_model_announcement(raw)
+    except ContractError as exc:
         log.warning("ignoring a malformed model announcement %r: %s", raw[:200], exc)
         return None

@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -22,20 +23,19 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 
+from common.broker import connect_until_up
 from common.contract import ContractError, JobHeaders, Reply, parse_reply
-from common.settings import Settings
+from common.settings import Settings, redact
 from common.topology import declare_request_queue, request_queue_arguments
 
 log = logging.getLogger(__name__)
 
 # A healthy broker confirms a publish in milliseconds; one that takes longer is treated as down.
 PUBLISH_CONFIRM_TIMEOUT_S = 5.0
-# Pause between attempts of the first connection (robust reconnects use their own interval).
-CONNECT_RETRY_S = (0.5, 1.0, 2.0, 5.0)
-# Interval of aio-pika's own reconnects once the first connection stands.
-RECONNECT_INTERVAL_S = 2
 # Bound on one readiness probe round trip.
 PROBE_TIMEOUT_S = 2.0
+# A queue found full is taken as full for this long: under overload, nacks cost no probe each.
+FULL_VERDICT_S = 1.0
 # Room for a job's properties and headers on top of its body within the broker's max_message_size.
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
@@ -60,6 +60,10 @@ class MessageTooLarge(RpcError):
     """A job over the broker's maximum message size: never published (the broker would close the channel)."""
 
 
+class ChannelStuck(Exception):
+    """Why the gateway drops its own connection to have a new one (see ``_nacks_without_cause``)."""
+
+
 class MalformedReply(RpcError):
     """A reply that does not follow the message contract."""
 
@@ -75,10 +79,13 @@ class RpcClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.reply_queue = reply_queue_name()
+        self._addresses = settings.rabbitmq_addresses  # a malformed RABBITMQ_URL fails here, at start
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._pending: dict[str, asyncio.Future[Reply]] = {}
         self._connect_task: asyncio.Task[None] | None = None
+        self._dropping: asyncio.Task[Any] | None = None
+        self._found_full_at = float("-inf")
         self._ready = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------
@@ -103,45 +110,28 @@ class RpcClient:
             await self._connection.close()
 
     async def _connect_until_up(self) -> None:
-        attempt = 0
-        while True:
-            connection: AbstractRobustConnection | None = None
-            try:
-                connection = await aio_pika.connect_robust(
-                    self.settings.rabbitmq_url,
-                    timeout=PUBLISH_CONFIRM_TIMEOUT_S,
-                    reconnect_interval=RECONNECT_INTERVAL_S,
-                    client_properties={"connection_name": f"gateway {self.reply_queue}"},
-                )
-                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                await declare_request_queue(channel, self.settings)
-                reply_queue = await channel.declare_queue(self.reply_queue, exclusive=True, auto_delete=True)
-                await reply_queue.consume(self._on_reply, no_ack=True)
-            except asyncio.CancelledError:
-                if connection is not None:
-                    await connection.close()
-                raise
-            except Exception as exc:  # any failure here means "retry later"
-                delay = CONNECT_RETRY_S[min(attempt, len(CONNECT_RETRY_S) - 1)]
-                attempt += 1
-                log.warning(
-                    "RabbitMQ not available (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay
-                )
-                if connection is not None:
-                    with contextlib.suppress(Exception):
-                        await connection.close()
-                await asyncio.sleep(delay)
-                continue
-            connection.close_callbacks.add(self._on_connection_lost)
-            connection.reconnect_callbacks.add(self._on_reconnected)
-            self._connection, self._channel = connection, channel
-            self._ready.set()
-            log.info(
-                "connected to RabbitMQ; request queue %r, reply queue %r",
-                self.settings.queue_name,
-                self.reply_queue,
-            )
-            return
+        connection = await connect_until_up(
+            self._addresses, name=f"gateway {self.reply_queue}", setup=self._open_channel
+        )
+        assert connection is not None  # no stop event: it returns only once connected
+        connection.close_callbacks.add(self._on_connection_lost)
+        connection.reconnect_callbacks.add(self._on_reconnected)
+        self._connection = connection
+        self._ready.set()
+        log.info(
+            "connected to RabbitMQ; request queue %r, reply queue %r",
+            self.settings.queue_name,
+            self.reply_queue,
+        )
+
+    async def _open_channel(self, connection: AbstractRobustConnection) -> None:
+        """The channel, the topology and the reply queue's consumer; restored by aio-pika on every
+        reconnect, so the exclusive reply queue is re-created on whichever node we reach."""
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await declare_request_queue(channel, self.settings)
+        reply_queue = await channel.declare_queue(self.reply_queue, exclusive=True, auto_delete=True)
+        await reply_queue.consume(self._on_reply, no_ack=True)
+        self._channel = channel
 
     def _on_connection_lost(self, _: Any, exc: BaseException | None) -> None:
         # The exclusive reply queue dies with the connection: replies to jobs in
@@ -150,8 +140,12 @@ class RpcClient:
             log.warning("RabbitMQ connection lost (%s); failing %d calls in flight", exc, len(self._pending))
         self._fail_pending(BrokerUnavailable("the connection to RabbitMQ was lost"))
 
-    def _on_reconnected(self, *_: Any) -> None:
-        log.info("reconnected to RabbitMQ")
+    def _on_reconnected(self, connection: Any, *_: Any) -> None:
+        log.info(
+            "reconnected to RabbitMQ at %s; reply queue %r declared again",
+            redact(str(connection.url)),
+            self.reply_queue,
+        )
 
     def _fail_pending(self, exc: RpcError) -> None:
         pending, self._pending = self._pending, {}
@@ -229,6 +223,8 @@ class RpcClient:
         finally:
             # Forget the id: a reply that arrives later is dropped quietly in _on_reply.
             self._pending.pop(correlation_id, None)
+            if future.done() and not future.cancelled():
+                future.exception()  # failed by a lost connection while the publish failed too: seen
 
     async def _publish(self, message: aio_pika.Message, headers: JobHeaders) -> None:
         assert self._channel is not None
@@ -240,14 +236,60 @@ class RpcClient:
                 )
         except PublishError as exc:  # basic.return: unroutable, the request queue is missing
             raise BrokerUnavailable(f"RabbitMQ cannot route to queue {self.settings.queue_name!r}") from exc
-        except DeliveryError as exc:  # basic.nack: x-overflow reject-publish, the queue is full
+        except DeliveryError as exc:  # basic.nack: x-overflow reject-publish, the queue is full ...
+            if await self._nacks_without_cause():
+                raise BrokerUnavailable("RabbitMQ refused the job while its queue changed leader") from exc
             raise QueueFull(f"queue {self.settings.queue_name!r} is full") from exc
         except TimeoutError:
             if headers.ms_left() <= 0:
                 raise DeadlineExceeded("the deadline passed while publishing") from None
             raise BrokerUnavailable("RabbitMQ did not confirm the job in time") from None
-        except CONNECTION_EXCEPTIONS as exc:
+        except (ChannelStuck, *CONNECTION_EXCEPTIONS) as exc:
             raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc}") from exc
+        except Exception as exc:  # a channel closed mid-publish raises a bare Exception
+            raise BrokerUnavailable(f"publishing to RabbitMQ failed ({type(exc).__name__}: {exc})") from exc
+
+    async def _nacks_without_cause(self) -> bool:
+        """... or, on RabbitMQ 3.10, a channel whose first publish to the quorum queue came while the
+        queue had no leader (a node of the cluster just died): it then nacks every publish for good.
+        The queue's depth tells the two apart; a stuck channel goes, with its connection."""
+        assert self._channel is not None
+        if time.monotonic() - self._found_full_at < FULL_VERDICT_S:
+            return False
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                underlay = await self._channel.get_underlay_channel()
+                ok = await underlay.queue_declare(
+                    self.settings.queue_name, durable=True, arguments=request_queue_arguments(self.settings)
+                )
+        except ChannelStuck:  # another call found the channel stuck first and dropped it
+            return True
+        except (TimeoutError, *CONNECTION_EXCEPTIONS):
+            return False
+        except Exception:  # noqa: BLE001 - the channel closed under the probe (aiormq: a bare Exception)
+            return True
+        if (ok.message_count or 0) >= self.settings.queue_max_length // 2:
+            self._found_full_at = time.monotonic()
+            return False
+        self._reconnect_soon(
+            f"RabbitMQ nacked a job although queue {self.settings.queue_name!r} holds "
+            f"{ok.message_count or 0} of {self.settings.queue_max_length}"
+        )
+        return True
+
+    def _reconnect_soon(self, why: str) -> None:
+        """Drop the connection (once, however many calls notice): the robust reconnect, to the next
+        node, then opens a fresh channel, as after a node failure. Calls in flight get 503."""
+        transport = self._connection.transport if self._connection is not None else None
+        if transport is None or (self._dropping is not None and not self._dropping.done()):
+            return
+        log.warning("%s: reconnecting", why)
+
+        async def drop() -> None:
+            with contextlib.suppress(Exception):  # closing is all we want; it may already be closed
+                await transport.connection.close(ChannelStuck(why))
+
+        self._dropping = asyncio.create_task(drop(), name="rpc-drop")
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         correlation_id = message.correlation_id or ""

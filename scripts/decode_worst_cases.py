@@ -162,8 +162,12 @@ def measure_one(path: Path, max_pixels: int) -> dict[str, object]:
         outcome = f"refused: {exc}"
     seconds = time.perf_counter() - started
     peak = peak_rss_kib()
-    return {"bytes": len(data), "outcome": outcome, "seconds": round(seconds, 3),
-            "peak_mib": round((peak - baseline) / 1024, 1)}
+    return {
+        "bytes": len(data),
+        "outcome": outcome,
+        "seconds": round(seconds, 3),
+        "peak_mib": round((peak - baseline) / 1024, 1),
+    }
 
 
 def main() -> None:
@@ -186,15 +190,21 @@ def main() -> None:
         path.write_bytes(make(_side(args.max_pixels)))
         result = subprocess.run(
             [sys.executable, __file__, "--one", str(path), "--max-pixels", str(args.max_pixels)],
-            capture_output=True, text=True, cwd=REPO_ROOT, check=False,
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            check=False,
         )
         if result.returncode != 0:
             print(f"| {name} | | crashed: {result.stderr.strip().splitlines()[-1:]} | | |")
             continue
         row = json.loads(result.stdout.strip().splitlines()[-1])
         outcome = row["outcome"] if row["outcome"] == "decoded" else "refused (422)"
-        print(f"| {name} | {row['bytes'] / 1024:,.0f} KiB | {outcome} | {row['seconds']:.2f} | "
-              f"{row['peak_mib']:,.0f} MiB |", flush=True)
+        print(
+            f"| {name} | {row['bytes'] / 1024:,.0f} KiB | {outcome} | {row['seconds']:.2f} | "
+            f"{row['peak_mib']:,.0f} MiB |",
+            flush=True,
+        )
     shutil.rmtree(folder)
 
 

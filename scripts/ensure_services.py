@@ -18,14 +18,29 @@ import time
 import urllib.request
 from urllib.parse import urlsplit
 
-RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+# RABBITMQ_URL may list a cluster's nodes, comma-separated: the first one stands for the cluster here.
+RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/").split(",")[0].strip()
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 MANAGEMENT_PORT = int(os.environ.get("RABBITMQ_MANAGEMENT_PORT", "15672"))
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 REDIS_START = [
-    "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-    "--save", "", "--appendonly", "no", "--dir", "/tmp", "--logfile", "/tmp/redis-serving.log",
+    "redis-server",
+    "--daemonize",
+    "yes",
+    "--bind",
+    "127.0.0.1",
+    "-::1",
+    "--port",
+    "6379",
+    "--save",
+    "",
+    "--appendonly",
+    "no",
+    "--dir",
+    "/tmp",
+    "--logfile",
+    "/tmp/redis-serving.log",
 ]
 
 
@@ -92,12 +107,15 @@ def ensure_management(host: str, user: str, password: str) -> None:
     """The management UI and HTTP API (tests read consumer counts from it)."""
     if not answers(host, MANAGEMENT_PORT):
         if host not in LOCAL_HOSTS or not shutil.which("rabbitmq-plugins"):
-            say(f"warning: the management UI does not answer on {host}:{MANAGEMENT_PORT}; "
-                "enable the rabbitmq_management plugin on that broker")
+            say(
+                f"warning: the management UI does not answer on {host}:{MANAGEMENT_PORT}; "
+                "enable the rabbitmq_management plugin on that broker"
+            )
             return
         say("enabling the rabbitmq_management plugin (offline)")
-        subprocess.run(["rabbitmq-plugins", "enable", "rabbitmq_management"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["rabbitmq-plugins", "enable", "rabbitmq_management"], check=True, stdout=subprocess.DEVNULL
+        )
     url = f"http://{host}:{MANAGEMENT_PORT}/api/overview"
     request = urllib.request.Request(url)
     token = f"{user}:{password}".encode()

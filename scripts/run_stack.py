@@ -73,7 +73,7 @@ def resolve_model() -> Path:
 def print_where_to_go(env: dict[str, str]) -> None:
     port = env.get("PORT", "8000")
     host = env.get("HOST", "127.0.0.1")
-    broker = urlsplit(env.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+    broker = urlsplit(env.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/").split(",")[0])
     say(f"page:           http://{host}:{port}/")
     say(f"REST API:       curl -F file=@tests/data/coffee.jpg http://{host}:{port}/predict")
     say(f"metrics:        http://{host}:{port}/metrics (workers: :{env['WORKER_METRICS_PORT']} and up)")

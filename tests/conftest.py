@@ -77,7 +77,8 @@ def _ensure_lite0(int8: bool) -> Path:
     if not wanted.exists():
         subprocess.run(
             [sys.executable, "-m", "converter", "efficientnet-lite0", "--int8", "--out-dir", str(MODELS_DIR)],
-            cwd=REPO_ROOT, check=True,
+            cwd=REPO_ROOT,
+            check=True,
         )
     assert wanted.exists(), f"the converter did not write {wanted}"
     return wanted

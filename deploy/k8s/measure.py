@@ -98,8 +98,9 @@ class Sampler:
         self._thread.join()
 
 
-async def drive(url: str, bodies: list[bytes], clients: int, seconds: float,
-                stop: threading.Event | None = None) -> dict[str, int]:
+async def drive(
+    url: str, bodies: list[bytes], clients: int, seconds: float, stop: threading.Event | None = None
+) -> dict[str, int]:
     """CLIENTS concurrent uploads of distinct bodies for SECONDS (or until STOP); answers by status."""
     statuses: dict[str, int] = {}
     deadline = time.monotonic() + seconds
@@ -110,8 +111,9 @@ async def drive(url: str, bodies: list[bytes], clients: int, seconds: float,
             n = next(next_body)
             body = unique(bodies[n % len(bodies)], n)
             try:
-                async with session.post(f"{url}/predict", data=body,
-                                        headers={"Content-Type": "image/jpeg"}) as response:
+                async with session.post(
+                    f"{url}/predict", data=body, headers={"Content-Type": "image/jpeg"}
+                ) as response:
                     await response.read()
                     status = str(response.status)
             except (aiohttp.ClientError, TimeoutError):
@@ -124,8 +126,9 @@ async def drive(url: str, bodies: list[bytes], clients: int, seconds: float,
     return statuses
 
 
-def load_phase(gateway: ServiceProcess, worker: ServiceProcess, bodies: list[bytes],
-               clients: int, seconds: float) -> dict[str, object]:
+def load_phase(
+    gateway: ServiceProcess, worker: ServiceProcess, bodies: list[bytes], clients: int, seconds: float
+) -> dict[str, object]:
     with Sampler(gateway.pid) as g, Sampler(worker.pid) as w:
         statuses = asyncio.run(drive(gateway.base_url, bodies, clients, seconds))  # type: ignore[attr-defined]
     mib = 1024 * 1024
@@ -140,12 +143,17 @@ def load_phase(gateway: ServiceProcess, worker: ServiceProcess, bodies: list[byt
             "cpu_ms_per_answer": round(sampler.cores * seconds * 1000 / max(answered, 1), 2),
         }
 
-    return {"answers": statuses, "answers_per_s": round(answered / seconds, 1),
-            "gateway": figures(g), "worker": figures(w)}
+    return {
+        "answers": statuses,
+        "answers_per_s": round(answered / seconds, 1),
+        "gateway": figures(g),
+        "worker": figures(w),
+    }
 
 
-def drain_phase(gateway: ServiceProcess, worker: ServiceProcess, bodies: list[bytes],
-                prefetch: int, metrics_port: int) -> dict[str, object]:
+def drain_phase(
+    gateway: ServiceProcess, worker: ServiceProcess, bodies: list[bytes], prefetch: int, metrics_port: int
+) -> dict[str, object]:
     """Fill the worker's hands (PREFETCH jobs), SIGTERM it, time until it exits."""
     stop_load = threading.Event()
 
@@ -166,8 +174,7 @@ def drain_phase(gateway: ServiceProcess, worker: ServiceProcess, bodies: list[by
     drain_s = time.monotonic() - started
     stop_load.set()
     load.join()
-    return {"jobs_in_hand_at_sigterm": int(in_hand), "drain_s": round(drain_s, 2),
-            "exit_code": code}
+    return {"jobs_in_hand_at_sigterm": int(in_hand), "drain_s": round(drain_s, 2), "exit_code": code}
 
 
 def jobs_in_hand(metrics_port: int) -> float:
@@ -205,8 +212,10 @@ def run_round(name: str, bodies: list[bytes], args: argparse.Namespace, log_dir:
     gateway = start_gateway(env, log_dir, f"gateway-{name}")
     try:
         time.sleep(1)
-        idle = {"gateway_rss_mib": round(psutil.Process(gateway.pid).memory_info().rss / 2**20, 1),
-                "worker_rss_mib": round(psutil.Process(worker.pid).memory_info().rss / 2**20, 1)}
+        idle = {
+            "gateway_rss_mib": round(psutil.Process(gateway.pid).memory_info().rss / 2**20, 1),
+            "worker_rss_mib": round(psutil.Process(worker.pid).memory_info().rss / 2**20, 1),
+        }
         load = load_phase(gateway, worker, bodies, args.clients, args.seconds)
         drain = drain_phase(gateway, worker, bodies, prefetch, metrics_port)
         return {"idle": idle, "load": load, "drain": drain}
@@ -222,14 +231,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20, help="load time per round")
     parser.add_argument("--clients", type=int, default=24, help="concurrent uploads")
     args = parser.parse_args()
-    results: dict[str, object] = {"cpu_count": os.cpu_count(), "load_average_at_start": os.getloadavg()[0],
-                                  "clients": args.clients, "seconds": args.seconds}
+    results: dict[str, object] = {
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg()[0],
+        "clients": args.clients,
+        "seconds": args.seconds,
+    }
     with tempfile.TemporaryDirectory(prefix="k8s-measure-") as tmp:
         log_dir = Path(tmp)
         results["photos_320x240"] = run_round("small", distinct_jpegs(60, (320, 240)), args, log_dir)
         # ~36 MP: the largest images a worker decodes (MAX_PIXELS = 40 M); few, they are slow.
-        results["photos_36mp"] = run_round("large", distinct_jpegs(6, (7000, 5200), quality=70),
-                                           args, log_dir)
+        results["photos_36mp"] = run_round(
+            "large", distinct_jpegs(6, (7000, 5200), quality=70), args, log_dir
+        )
     json.dump(results, sys.stdout, indent=2)
     print()
     return 0

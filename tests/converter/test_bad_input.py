@@ -93,7 +93,12 @@ def bad_input_runs(tiny_models, tmp_path_factory) -> dict[str, tuple[Run, object
     env.pop("CONVERTER_DEBUG", None)
     proc = subprocess.run(
         [sys.executable, "-m", "tests.converter.run_cases"],
-        input=json.dumps(argvs), cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        input=json.dumps(argvs),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
@@ -124,8 +129,18 @@ def test_int8_below_the_gate_fails_and_writes_nothing(lite0_model, labelled_subs
     """A gate nothing can pass (agreement 1.0 and no top-1 loss) on 10 labelled photos: exit 4."""
     out = tmp_path / "out" / "x-int8.onnx"
     run = run_cli(
-        "quantize", lite0_model, "--output", out, "--labelled", labelled_subset,
-        "--min-agreement", "1.0", "--max-top1-drop", "-100", "--threads", "2",
+        "quantize",
+        lite0_model,
+        "--output",
+        out,
+        "--labelled",
+        labelled_subset,
+        "--min-agreement",
+        "1.0",
+        "--max-top1-drop",
+        "-100",
+        "--threads",
+        "2",
     )
     assert run.returncode == 4, run.stdout + run.stderr
     _assert_clean_failure(run, out.parent, "int8 top-1", "points below fp32", "--max-top1-drop -100")

@@ -48,7 +48,11 @@ def _emulated(inputs: np.ndarray, models: list[Path], tmp_path: Path) -> tuple[d
     np.save(data, inputs)
     proc = subprocess.run(
         [qemu, "-cpu", EMULATED_CPU, sys.executable, "-c", _RUN_IN_EMULATOR, str(data), *map(str, models)],
-        cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -70,9 +74,14 @@ def saturating_u8s8(lite0_model: Path, photo_inputs: np.ndarray, tmp_path_factor
 
     out = tmp_path_factory.mktemp("u8s8") / "u8s8.onnx"
     quantize_static(
-        str(lite0_model), str(out), calibration.Reader(photo_inputs, 8),
-        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        per_channel=True, calibrate_method=CalibrationMethod.MinMax,
+        str(lite0_model),
+        str(out),
+        calibration.Reader(photo_inputs, 8),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        calibrate_method=CalibrationMethod.MinMax,
         nodes_to_exclude=float_nodes(onnx_file.load(lite0_model)),
     )
     return out
@@ -88,7 +97,10 @@ def test_the_served_int8_file_is_exact_without_vnni_and_u8s8_is_not(
     # The emulated CPU is what the test claims, whatever CPU runs it.
     assert report["cpu"] == {"AVX2": True, "AVX512F": False, "AVX512VNNI": False}, report
 
-    native_served, native_u8s8 = predict(lite0_int8_model, photo_inputs), predict(saturating_u8s8, photo_inputs)
+    native_served, native_u8s8 = (
+        predict(lite0_int8_model, photo_inputs),
+        predict(saturating_u8s8, photo_inputs),
+    )
     # The served scheme: the same integers on both paths, so the same probabilities.
     assert np.abs(served - native_served).max() <= 1e-5
     assert (served.argmax(1) == native_served.argmax(1)).all()

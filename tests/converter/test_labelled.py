@@ -25,7 +25,7 @@ def test_the_sample_is_read_and_split_disjointly_by_class(labelled_dir):
 
 
 def test_labels_must_fit_the_model_and_names_must_carry_them(labelled_subset, tmp_path):
-    with pytest.raises(ConverterError, match="class .* but the model has 5 classes"):
+    with pytest.raises(ConverterError, match=r"class .* but the model has 5 classes"):
         labelled.load(labelled_subset, 5)
     (tmp_path / "cat.jpg").write_bytes(b"")  # no NNN_ prefix: not a labelled photo
     with pytest.raises(ConverterError, match="0 labelled photos"):
@@ -52,7 +52,7 @@ def test_the_gate_allows_one_point_and_demands_agreement():
     one_wrong[0] = np.eye(10)[1]  # 1 of 200: 0.5 points
     three_wrong[:3] = np.eye(10)[(truth[:3] + 1) % 10]  # 3 of 200: 1.5 points
     _gate_labelled(labelled.accuracy(right, one_wrong, truth), gate)
-    with pytest.raises(ParityError, match="1.50 points below fp32"):
+    with pytest.raises(ParityError, match=r"1\.50 points below fp32"):
         _gate_labelled(labelled.accuracy(right, three_wrong, truth), gate)
     # int8 as accurate as fp32 overall, but on other photos: the agreement gate catches it.
     shuffled = right.copy()
@@ -61,5 +61,5 @@ def test_the_gate_allows_one_point_and_demands_agreement():
     p32[10:20] = np.eye(10)[(truth[10:20] + 1) % 10]
     report = labelled.accuracy(p32, shuffled, truth)
     assert report.drop_points == 0.0 and report.agreement == 0.9
-    with pytest.raises(ParityError, match="agreement with fp32 is 0.9000"):
+    with pytest.raises(ParityError, match=r"agreement with fp32 is 0\.9000"):
         _gate_labelled(report, gate)

@@ -8,7 +8,14 @@ import numpy as np
 import onnx
 import pytest
 
-from common.model_file import INPUT_NAME, INT8_SCHEMES, OUTPUT_NAME, ModelMetadata, ResizePolicy, model_version
+from common.model_file import (
+    INPUT_NAME,
+    INT8_SCHEMES,
+    OUTPUT_NAME,
+    ModelMetadata,
+    ResizePolicy,
+    model_version,
+)
 from converter import images, labelled
 from tests.converter.conftest import CAT_CLASSES, PHOTOS, REPO, predict
 
@@ -78,7 +85,9 @@ def test_run_prints_progress_parity_and_summary(lite0):
     assert diffs and max(diffs) <= 1e-4
     assert re.search(r"top-1 identical (\d+)/\1", out)
     assert f"version:   {model_version(lite0.path)}" in out
-    assert re.search(r"speed: +fp32 [0-9.]+ img/s, int8 [0-9.]+ img/s .* on .+\(the int8 speed-up differs by CPU\)", out)
+    assert re.search(
+        r"speed: +fp32 [0-9.]+ img/s, int8 [0-9.]+ img/s .* on .+\(the int8 speed-up differs by CPU\)", out
+    )
     # Paths as given on the command line (`make models` gives a relative one).
     assert (REPO / lite0.run.value("INT8_MODEL_PATH")).resolve() == lite0.int8_path.resolve()
     assert lite0.run.stdout_lines[-1].startswith("MODEL_PATH=")
@@ -129,7 +138,9 @@ def test_int8_accuracy_is_measured_on_held_out_labelled_photos(lite0, labelled_d
     inputs, truth = labelled.model_inputs(held, meta.input_size, meta.resize), labelled.labels(held)
     measured = labelled.accuracy(predict(lite0.path, inputs), predict(lite0.int8_path, inputs), truth)
     assert (measured.fp32_correct, measured.int8_correct, measured.agree) == (
-        int(line[3]), int(line[5]), int(line[8])
+        int(line[3]),
+        int(line[5]),
+        int(line[8]),
     )
     coffee = predict(lite0.int8_path, _photo("coffee", meta))[0]
     assert meta.labels[int(coffee.argmax())] == "espresso"

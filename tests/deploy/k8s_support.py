@@ -57,8 +57,14 @@ def kubectl() -> str:
 def _render(directory: Path) -> tuple[Manifest, ...]:
     # No cluster is contacted: an empty KUBECONFIG makes sure of it.
     env = {**os.environ, "KUBECONFIG": os.devnull}
-    result = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True,
-                            timeout=60, env=env, check=False)
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
     assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
 
@@ -102,6 +108,7 @@ def env_of(c: Manifest) -> dict[str, Manifest]:
 
 # --- custom resources against their CRDs --------------------------------------------------
 
+
 @cache
 def crd(file_name: str) -> Manifest:
     """One CRD file of deploy/k8s/schemas, parsed (libyaml's parser: the files are large)."""
@@ -133,8 +140,11 @@ def _closed(schema: Any) -> Any:
                     _closed(sub)
             elif isinstance(value, (dict, list)):
                 _closed(value)
-        if ("properties" in schema and "additionalProperties" not in schema
-                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
             schema["additionalProperties"] = False
     elif isinstance(schema, list):
         for item in schema:
@@ -146,8 +156,10 @@ def custom_resource_errors(manifest: Manifest) -> list[str]:
     """What the CRD's schema finds wrong with MANIFEST (CEL rules are not evaluated)."""
     schema = crd_schema(manifest["apiVersion"], manifest["kind"])
     validator = jsonschema.Draft202012Validator(schema)
-    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in validator.iter_errors(manifest)]
+    return [
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in validator.iter_errors(manifest)
+    ]
 
 
 def is_custom(manifest: Manifest) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from common.settings import Settings
 from tests.deploy.conftest import (
@@ -21,6 +22,7 @@ from tests.deploy.conftest import (
     SECRETS,
     SECRETS_TEXT,
     SERVICES,
+    compose_command,
     compose_config,
     compose_strings,
     compose_variables,
@@ -55,9 +57,11 @@ def test_config_is_valid_with_only_the_passwords_set(tmp_path: Path) -> None:
 @pytest.mark.parametrize("how", ["unset", "empty"])
 def test_config_fails_clearly_without_a_password(tmp_path: Path, missing: str, how: str) -> None:
     env_file = tmp_path / "partial.env"
-    env_file.write_text("".join(
-        f"{k}={'' if k == missing else v}\n" for k, v in SECRETS.items() if how == "empty" or k != missing
-    ))
+    env_file.write_text(
+        "".join(
+            f"{k}={'' if k == missing else v}\n" for k, v in SECRETS.items() if how == "empty" or k != missing
+        )
+    )
     result = run_compose_config(env_file, None, "-q")
     assert result.returncode != 0, f"compose accepted a stack without {missing}"
     assert f"set {missing} in .env (see .env.example)" in result.stderr, result.stderr
@@ -70,7 +74,56 @@ def test_env_example_alone_does_not_start_anything(tmp_path: Path) -> None:
 
 
 def test_the_five_services(services: dict[str, Any]) -> None:
-    assert set(services) == SERVICES
+    assert {name for name, service in services.items() if not service.get("profiles")} == SERVICES
+
+
+def test_the_cluster_profile_is_three_clustered_rabbitmq_nodes(
+    services: dict[str, Any], tmp_path: Path
+) -> None:
+    nodes = {name: service for name, service in services.items() if "cluster" in service.get("profiles", [])}
+    assert set(nodes) == {"rabbitmq-1", "rabbitmq-2", "rabbitmq-3"}
+    cookies = set()
+    for name, node in nodes.items():
+        assert node["hostname"] == name and node["image"] == services["rabbitmq"]["image"]
+        assert node.get("healthcheck") and node.get("restart") == "unless-stopped", name
+        assert all(p.host_ip == "127.0.0.1" for p in ports(node)), name
+        conf = [m for m in mounts(node) if m.target == "/etc/rabbitmq/conf.d/20-cluster.conf"]
+        assert conf and conf[0].read_only and "classic_config" in Path(conf[0].source).read_text(), name
+        env = environment(node)
+        assert env["RABBITMQ_CTL_ERL_ARGS"] in env["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"], name
+        cookies.add(env["RABBITMQ_CTL_ERL_ARGS"])
+    assert len(cookies) == 1 and next(iter(cookies)).startswith("-setcookie "), cookies
+    for name in ("rabbitmq-2", "rabbitmq-3"):  # they join rabbitmq-1 once it runs
+        assert depends_on(nodes[name]) == {"rabbitmq-1": "service_healthy"}
+    # The override file points the gateway and the workers at all three.
+    env_file = tmp_path / "secrets.env"
+    env_file.write_text(SECRETS_TEXT)
+    result = subprocess.run(
+        [
+            *compose_command(),
+            "--env-file",
+            str(env_file),
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            "docker-compose.cluster.yml",
+            "--profile",
+            "cluster",
+            "config",
+        ],
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k not in compose_variables()},
+    )
+    assert result.returncode == 0, result.stderr
+    merged = yaml.safe_load(result.stdout)["services"]
+    for name in ("gateway", "classifier"):
+        addresses = Settings(rabbitmq_url=environment(merged[name])["RABBITMQ_URL"]).rabbitmq_addresses
+        assert [urlsplit(a).hostname for a in addresses] == ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"], name
+        assert all(depends_on(merged[name]).get(node) == "service_healthy" for node in nodes), name
 
 
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any]) -> None:
@@ -136,8 +189,9 @@ def test_workers_serve_the_file_the_converter_writes(services: dict[str, Any], t
     assert lite["converter"]["build"]["args"]["MODEL"] == "efficientnet-lite0-int8"
 
 
-def test_gateway_keeps_uploads_and_feedback_in_named_volumes(config: dict[str, Any],
-                                                              services: dict[str, Any]) -> None:
+def test_gateway_keeps_uploads_and_feedback_in_named_volumes(
+    config: dict[str, Any], services: dict[str, Any]
+) -> None:
     gateway = services["gateway"]
     env = environment(gateway)
     by_target = {m.target: m for m in mounts(gateway)}
@@ -162,7 +216,14 @@ def test_services_use_a_broker_user_other_than_guest(services: dict[str, Any], t
 
 def test_gateway_and_workers_declare_the_same_queue(services: dict[str, Any]) -> None:
     gateway, classifier = environment(services["gateway"]), environment(services["classifier"])
-    for var in ("RABBITMQ_URL", "QUEUE_NAME", "QUEUE_MAX_LENGTH", "DELIVERY_LIMIT", "CACHE_TTL_S"):
+    for var in (
+        "RABBITMQ_URL",
+        "QUEUE_NAME",
+        "QUEUE_MAX_LENGTH",
+        "DELIVERY_LIMIT",
+        "QUORUM_GROUP_SIZE",
+        "CACHE_TTL_S",
+    ):
         assert var in gateway and gateway[var] == classifier.get(var), var
 
 
@@ -180,7 +241,7 @@ def test_redis_never_runs_open(services: dict[str, Any]) -> None:
     assert "--protected-mode" not in command
     # The default (password-less) user is switched off and stripped of every right.
     at = command.index("default")
-    assert command[at - 1] == "--user" and command[at + 1: at + 4] == ["off", "resetpass", "-@all"]
+    assert command[at - 1] == "--user" and command[at + 1 : at + 4] == ["off", "resetpass", "-@all"]
     assert "--maxmemory" in command and "allkeys-lru" in command
 
 
@@ -201,6 +262,7 @@ def test_images_are_built_from_the_repository_root(services: dict[str, Any]) -> 
 
 
 # --- .env.example ------------------------------------------------------------------------
+
 
 def env_example() -> dict[str, str]:
     values = {}
@@ -225,7 +287,9 @@ def test_env_example_values_are_the_defaults(config: dict[str, Any], tmp_path: P
 
 
 def test_no_variable_lacks_a_default() -> None:
-    bare = [v for text in compose_strings() for v in re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)]
+    bare = [
+        v for text in compose_strings() for v in re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)
+    ]
     assert not bare, f"variables without a default: {bare}"
 
 
@@ -256,7 +320,9 @@ exit 0
 """
 
 
-def run_converter_script(tmp_path: Path, model: str, fail: bool = False) -> tuple[subprocess.CompletedProcess[str], Path, list[str]]:
+def run_converter_script(
+    tmp_path: Path, model: str, fail: bool = False
+) -> tuple[subprocess.CompletedProcess[str], Path, list[str]]:
     converter = raw_compose()["services"]["converter"]
     assert converter["entrypoint"][:2] == ["sh", "-ec"]
     models = tmp_path / "models"
@@ -308,6 +374,7 @@ def test_converter_fails_when_the_model_file_is_not_written(tmp_path: Path) -> N
 
 
 # --- memory limits -----------------------------------------------------------------------
+
 
 def memory_bytes(value: object) -> int:
     """A Compose memory size (bytes, or 512m / 1g / 1536M as v1 prints it) in bytes."""

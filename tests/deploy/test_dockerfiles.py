@@ -23,7 +23,11 @@ from tests.deploy.conftest import (
 DOCKERFILES = {name: REPO / name / "Dockerfile" for name in sorted(BUILT)}
 # Packages that must never be in the gateway or classifier images (docs/DESIGN.md).
 HEAVY = re.compile(r"^(tensorflow.*|tf-.*|tf2onnx|keras.*|torch.*|jax.*|efficientnet.*)$")
-SERVICE_REQUIREMENTS = {"gateway": "gateway.txt", "classifier": "classifier.txt", "converter": "converter.txt"}
+SERVICE_REQUIREMENTS = {
+    "gateway": "gateway.txt",
+    "classifier": "classifier.txt",
+    "converter": "converter.txt",
+}
 
 
 def stages(name: str) -> dict[str, Stage]:
@@ -39,8 +43,9 @@ def last_user(stage: Stage) -> str | None:
 
 @pytest.mark.parametrize("name", sorted(BUILT))
 def test_hadolint_passes(name: str) -> None:
-    result = subprocess.run([hadolint(), "--no-color", str(DOCKERFILES[name])],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint(), "--no-color", str(DOCKERFILES[name])], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
 
@@ -150,7 +155,9 @@ def ignored(path: str) -> bool:
     for pattern, exclude in dockerignore_patterns():
         for i in range(1, len(parts) + 1):
             prefix = "/".join(parts[:i])
-            if fnmatch.fnmatch(prefix, pattern) or (pattern.startswith("**/") and fnmatch.fnmatch(prefix, pattern[3:])):
+            if fnmatch.fnmatch(prefix, pattern) or (
+                pattern.startswith("**/") and fnmatch.fnmatch(prefix, pattern[3:])
+            ):
                 result = exclude
                 break
     return result
@@ -167,7 +174,15 @@ def test_everything_copied_exists_and_is_in_the_build_context(name: str) -> None
 
 
 def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
-    for path in (".git", ".venv", "models", "uploads", "feedback", ".env",
-                 "gateway/__pycache__", "tests/.pytest_cache"):
+    for path in (
+        ".git",
+        ".venv",
+        "models",
+        "uploads",
+        "feedback",
+        ".env",
+        "gateway/__pycache__",
+        "tests/.pytest_cache",
+    ):
         assert ignored(path), f"{path} would be sent to the build"
     assert not ignored(".env.example") and not ignored("tests/data/coffee.jpg")

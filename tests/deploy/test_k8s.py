@@ -37,26 +37,37 @@ from tests.deploy.k8s_support import (
 from tests.support.processes import free_port
 
 NAMESPACE = "serving"
-OUR_IMAGES = {"serving-gateway": "gateway", "serving-classifier": "classifier",
-              "serving-converter": "converter"}
+OUR_IMAGES = {
+    "serving-gateway": "gateway",
+    "serving-classifier": "classifier",
+    "serving-converter": "converter",
+}
 MEASURED = json.loads((K8S_DIR / "measured.json").read_text())
 
 
 def test_base_renders_every_promised_object() -> None:
     kinds = sorted((m["kind"], m["metadata"]["name"]) for m in render())
-    assert kinds == sorted([
-        ("Namespace", NAMESPACE),
-        ("ConfigMap", "serving-config"),
-        ("RabbitmqCluster", "rabbitmq"),
-        ("PodDisruptionBudget", "rabbitmq"),
-        ("Deployment", "redis"), ("Service", "redis"),
-        ("PersistentVolumeClaim", "models"), ("Job", "convert-model"),
-        ("PersistentVolumeClaim", "gateway-data"),
-        ("Deployment", "gateway"), ("Service", "gateway"), ("PodDisruptionBudget", "gateway"),
-        ("HorizontalPodAutoscaler", "gateway"),
-        ("Deployment", "classifier"), ("PodDisruptionBudget", "classifier"),
-        ("TriggerAuthentication", "rabbitmq-classify"), ("ScaledObject", "classifier"),
-    ])
+    assert kinds == sorted(
+        [
+            ("Namespace", NAMESPACE),
+            ("ConfigMap", "serving-config"),
+            ("RabbitmqCluster", "rabbitmq"),
+            ("PodDisruptionBudget", "rabbitmq"),
+            ("Deployment", "redis"),
+            ("Service", "redis"),
+            ("PersistentVolumeClaim", "models"),
+            ("Job", "convert-model"),
+            ("PersistentVolumeClaim", "gateway-data"),
+            ("Deployment", "gateway"),
+            ("Service", "gateway"),
+            ("PodDisruptionBudget", "gateway"),
+            ("HorizontalPodAutoscaler", "gateway"),
+            ("Deployment", "classifier"),
+            ("PodDisruptionBudget", "classifier"),
+            ("TriggerAuthentication", "rabbitmq-classify"),
+            ("ScaledObject", "classifier"),
+        ]
+    )
     for m in render():
         if m["kind"] != "Namespace":
             assert m["metadata"]["namespace"] == NAMESPACE, m["metadata"]
@@ -126,6 +137,7 @@ def test_crd_files_name_their_source_and_licence() -> None:
 
 
 # --- the promised shape -------------------------------------------------------------------
+
 
 def test_keda_trigger_watches_the_queue_the_workers_consume() -> None:
     manifests = render()
@@ -198,7 +210,7 @@ def test_images_have_fixed_tags_never_latest() -> None:
         assert name and "/" not in tag, f"{image} has no tag"
         assert tag != "latest" and re.fullmatch(r"[0-9][\w.-]*", tag), image
     ours = {i.rpartition(":")[0]: i.rpartition(":")[2] for i in images if i.rpartition(":")[0] in OUR_IMAGES}
-    assert ours == {name: version for name in OUR_IMAGES}, "our images carry the project's version"
+    assert ours == dict.fromkeys(OUR_IMAGES, version), "our images carry the project's version"
 
 
 def test_every_container_has_requests_and_limits() -> None:
@@ -223,7 +235,9 @@ def test_requests_and_limits_cover_what_was_measured() -> None:
     manifests = render()
     for name, measured_name in (("gateway", "gateway"), ("classifier", "worker")):
         resources = container(manifests, name)["resources"]
-        peak = max(MEASURED[r]["load"][measured_name]["rss_peak_mib"] for r in ("photos_320x240", "photos_36mp"))
+        peak = max(
+            MEASURED[r]["load"][measured_name]["rss_peak_mib"] for r in ("photos_320x240", "photos_36mp")
+        )
         median = MEASURED["photos_320x240"]["load"][measured_name]["rss_median_mib"]
         busy = MEASURED["photos_320x240"]["load"][measured_name]["cpu_cores"]
         assert _mib(resources["requests"]["memory"]) >= median, name
@@ -274,11 +288,15 @@ def test_writable_paths_are_volumes() -> None:
 def test_workers_mount_the_jobs_model_read_only() -> None:
     manifests = render()
     job = find(manifests, "Job", "convert-model")["spec"]["template"]["spec"]
-    job_claim = next(v["persistentVolumeClaim"]["claimName"] for v in job["volumes"] if "persistentVolumeClaim" in v)
+    job_claim = next(
+        v["persistentVolumeClaim"]["claimName"] for v in job["volumes"] if "persistentVolumeClaim" in v
+    )
     converter = job["containers"][0]
     model = env_of(converter)["MODEL"]["value"]
     deployment = find(manifests, "Deployment", "classifier")["spec"]["template"]["spec"]
-    volume = next(v for v in deployment["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == job_claim)
+    volume = next(
+        v for v in deployment["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == job_claim
+    )
     assert volume["persistentVolumeClaim"]["readOnly"] is True
     for c in containers(deployment):
         mount = next(m for m in c["volumeMounts"] if m["name"] == volume["name"])
@@ -298,7 +316,9 @@ def test_secrets_are_referenced_never_inlined() -> None:
     for name in ("gateway", "classifier"):
         env = env_of(container(manifests, name))
         assert env["RABBITMQ_URL"]["valueFrom"]["secretKeyRef"] == {
-            "name": "rabbitmq-default-user", "key": "connection_string"}
+            "name": "rabbitmq-default-user",
+            "key": "connection_string",
+        }
         assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "serving-redis"
         # $(REDIS_PASSWORD) expands only if it is declared before REDIS_URL.
         names = [e["name"] for e in container(manifests, name)["env"]]
@@ -348,8 +368,9 @@ def test_selectors_match_the_pods_they_mean() -> None:
     manifests = render()
     pod_labels = [m["spec"]["template"]["metadata"]["labels"] for m in manifests if m["kind"] == "Deployment"]
     # The operator labels RabbitMQ's pods app.kubernetes.io/name=<cluster name>.
-    pod_labels += [{"app.kubernetes.io/name": m["metadata"]["name"]}
-                   for m in manifests if m["kind"] == "RabbitmqCluster"]
+    pod_labels += [
+        {"app.kubernetes.io/name": m["metadata"]["name"]} for m in manifests if m["kind"] == "RabbitmqCluster"
+    ]
     for m in manifests:
         if m["kind"] == "Service":
             selector = m["spec"]["selector"]
@@ -375,8 +396,11 @@ def test_services_target_named_ports_that_exist() -> None:
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_overlays_change_only_what_they_say(overlay) -> None:
     base = {(m["kind"], m["metadata"]["name"]): m for m in render(BASE)}
-    changed = {(m["kind"], m["metadata"]["name"]) for m in render(overlay)
-               if base[(m["kind"], m["metadata"]["name"])] != m}
+    changed = {
+        (m["kind"], m["metadata"]["name"])
+        for m in render(overlay)
+        if base[(m["kind"], m["metadata"]["name"])] != m
+    }
     if overlay.name == "single-node":
         assert changed == {("PersistentVolumeClaim", "models"), ("PersistentVolumeClaim", "gateway-data")}
         for m in render(overlay):

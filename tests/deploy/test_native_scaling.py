@@ -34,16 +34,22 @@ async def test_stack_scales_from_one_worker_to_three(stack_env, queue_name, dist
         stack.wait_for_log("page:")
         assert f"http://127.0.0.1:{env['PORT']}/" in stack.log_text()
         assert "RabbitMQ UI:" in stack.log_text()
-        assert rabbitmq_api.wait_for(lambda: rabbitmq_api.queue(queue_name)["consumers"] == 1, what="1 consumer")
+        assert rabbitmq_api.wait_for(
+            lambda: rabbitmq_api.queue(queue_name)["consumers"] == 1, what="1 consumer"
+        )
 
         for i in range(2):
             port = free_port()
             worker = start_worker({**env, "WORKER_METRICS_PORT": port}, tmp_path, name=f"extra{i + 1}")
             worker.metrics_port = port  # type: ignore[attr-defined]
             extra.append(worker)
-        assert rabbitmq_api.wait_for(lambda: rabbitmq_api.queue(queue_name)["consumers"] == 3, what="3 consumers")
+        assert rabbitmq_api.wait_for(
+            lambda: rabbitmq_api.queue(queue_name)["consumers"] == 3, what="3 consumers"
+        )
 
-        result = await run_load(f"{base_url}/predict", distinct_jpegs, concurrency=12, deadline_s=15, total=150)
+        result = await run_load(
+            f"{base_url}/predict", distinct_jpegs, concurrency=12, deadline_s=15, total=150
+        )
         assert result.statuses[200] == 150, result.summary()
         wait_for_worker_jobs(first_metrics_port, 1)
         jobs = [worker_jobs(first_metrics_port)] + [worker_jobs(w.metrics_port) for w in extra]  # type: ignore[attr-defined]

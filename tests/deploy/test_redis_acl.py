@@ -42,7 +42,8 @@ def redis_port(services: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
     folder = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         [server, *command[1:], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     probe = redis.Redis(port=port, username="healthcheck", password="-", socket_timeout=1)
     try:
@@ -98,20 +99,31 @@ def test_the_gateway_cannot_write_and_strangers_cannot_read(services, redis_port
         for forbidden in (lambda: worker.set("other", 1), worker.flushall, lambda: worker.config_get("*")):
             with pytest.raises(NoPermissionError):
                 forbidden()
-    with redis.Redis(port=redis_port) as anonymous, \
-            pytest.raises((AuthenticationError, ResponseError), match="NOAUTH|authenticated"):
+    with (
+        redis.Redis(port=redis_port) as anonymous,
+        pytest.raises((AuthenticationError, ResponseError), match=r"NOAUTH|authenticated"),
+    ):
         anonymous.get("clf:v1:model:classify")
-    with redis.Redis(port=redis_port, username="default", password="") as default, \
-            pytest.raises((AuthenticationError, ResponseError)):
+    with (
+        redis.Redis(port=redis_port, username="default", password="") as default,
+        pytest.raises((AuthenticationError, ResponseError)),
+    ):
         default.ping()
-    with redis.Redis.from_url(gateway_url.replace("gateway-test-pw", "wrong")) as wrong, \
-            pytest.raises((AuthenticationError, ResponseError)):
+    with (
+        redis.Redis.from_url(gateway_url.replace("gateway-test-pw", "wrong")) as wrong,
+        pytest.raises((AuthenticationError, ResponseError)),
+    ):
         wrong.ping()
 
 
 def test_the_healthcheck_command_passes(services, redis_port) -> None:
     test = services["redis"]["healthcheck"]["test"]
     assert test[0] == "CMD" and test[1] == "redis-cli"
-    result = subprocess.run([*test[1:2], "-p", str(redis_port), *test[2:]], capture_output=True, text=True,
-                            timeout=10, check=False)
+    result = subprocess.run(
+        [*test[1:2], "-p", str(redis_port), *test[2:]],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     assert result.returncode == 0 and result.stdout.strip() == "PONG", result

@@ -92,9 +92,16 @@ async def test_worker_killed_under_make_run_is_restarted_and_nothing_is_lost(
     [gateway_pid] = run.pids("gateway")
 
     requests = 128
-    load = asyncio.create_task(run_load(
-        f"{run.base_url}/predict", distinct_jpegs, concurrency=16, deadline_s=15, total=requests, unique=True,
-    ))
+    load = asyncio.create_task(
+        run_load(
+            f"{run.base_url}/predict",
+            distinct_jpegs,
+            concurrency=16,
+            deadline_s=15,
+            total=requests,
+            unique=True,
+        )
+    )
     # Kill it while it holds jobs (unacknowledged: RabbitMQ must hand them to another worker).
     await asyncio.to_thread(wait_for_worker_jobs, run.first_metrics_port, 10)
     held = 0.0
@@ -105,13 +112,16 @@ async def test_worker_killed_under_make_run_is_restarted_and_nothing_is_lost(
     assert held > 0, "the worker held no job when it was killed: the test proved nothing"
 
     # Back = consuming again (it logs "worker ready" once it consumes).
-    await asyncio.to_thread(run.process.wait_until, lambda: run.ready_count("worker-1") == 2, 30,
-                            "worker-1 ready again")
+    await asyncio.to_thread(
+        run.process.wait_until, lambda: run.ready_count("worker-1") == 2, 30, "worker-1 ready again"
+    )
     back_after = time.monotonic() - killed_at
     pids = await asyncio.to_thread(run.wait_for_pids, "worker-1", 2, 30)
     result = await load
-    print(f"\n[supervisor] kill -9 worker-1 holding {held:.0f} jobs: {result.summary()}; "
-          f"worker-1 consuming again after {back_after:.1f} s")
+    print(
+        f"\n[supervisor] kill -9 worker-1 holding {held:.0f} jobs: {result.summary()}; "
+        f"worker-1 consuming again after {back_after:.1f} s"
+    )
 
     assert not result.errors and result.hung == 0, result.summary()
     assert result.statuses[200] == requests, result.summary()  # the held jobs were answered too
@@ -152,12 +162,17 @@ def test_crash_loop_is_capped_and_reported_while_the_gateway_serves(stack):
 def test_listener_prefixes_lines_split_across_events():
     out = io.BytesIO()
     relay = Relay(out)
-    relay.handle("PROCESS_LOG_STDOUT", b"processname:worker-1 groupname:workers pid:7 channel:stdout\nfirst li")
+    relay.handle(
+        "PROCESS_LOG_STDOUT", b"processname:worker-1 groupname:workers pid:7 channel:stdout\nfirst li"
+    )
     relay.handle("PROCESS_LOG_STDOUT", b"processname:gateway groupname:gateway pid:8 channel:stdout\nup\n")
-    relay.handle("PROCESS_LOG_STDOUT", "processname:worker-1 groupname:workers pid:7 channel:stdout\n"
-                 "ne\nsecond é\nthi".encode())
-    relay.handle("PROCESS_STATE_EXITED", b"processname:worker-1 groupname:workers from_state:RUNNING "
-                 b"expected:0 pid:7")
+    relay.handle(
+        "PROCESS_LOG_STDOUT",
+        "processname:worker-1 groupname:workers pid:7 channel:stdout\nne\nsecond é\nthi".encode(),
+    )
+    relay.handle(
+        "PROCESS_STATE_EXITED", b"processname:worker-1 groupname:workers from_state:RUNNING expected:0 pid:7"
+    )
     assert out.getvalue().decode().splitlines() == [
         "gateway  | up",
         "worker-1 | first line",

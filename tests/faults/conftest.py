@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cluster import LocalCluster
 from tests.support.private_services import PrivateRabbitMQ, PrivateRedis
 from tests.support.processes import free_port
 from tests.support.rabbitmq_api import ManagementAPI
@@ -31,3 +32,15 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield redis
     finally:
         redis.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster() -> Iterator[LocalCluster]:
+    """A three-node cluster, started once per test session (about 30 s here) and removed at its end."""
+    cluster = LocalCluster()
+    try:
+        cluster.start()
+        print(f"\n[fault] three-node cluster started in {cluster.start_s:.1f} s")
+        yield cluster
+    finally:
+        cluster.stop()

@@ -47,8 +47,14 @@ async def test_worker_killed_under_load(gateway, workers, distinct_jpegs, queue_
     gw = gateway(REQUEST_TIMEOUT_S=DEADLINE_S)
     total = 300
     load = asyncio.create_task(
-        run_load(f"{gw.base_url}/predict", distinct_jpegs, concurrency=8, deadline_s=DEADLINE_S,
-                 total=total, unique=True)
+        run_load(
+            f"{gw.base_url}/predict",
+            distinct_jpegs,
+            concurrency=8,
+            deadline_s=DEADLINE_S,
+            total=total,
+            unique=True,
+        )
     )
     # Kill it mid-run, while it holds jobs: after it has done some, long before the load ends.
     await asyncio.to_thread(wait_for_worker_jobs, doomed.metrics_port, 20)
@@ -65,15 +71,23 @@ async def test_worker_killed_under_load(gateway, workers, distinct_jpegs, queue_
     assert survivor.proc.poll() is None
 
 
+# The private broker comes first: set up before the services, torn down after them, so they
+# stop against a live broker (against a dead one, a worker's drain waits ~30 s).
 async def test_broker_stopped_and_started_under_load(
-    gateway, workers, distinct_jpegs, private_rabbitmq, queue_name
+    private_rabbitmq, gateway, workers, distinct_jpegs, queue_name
 ):
     env = {"RABBITMQ_URL": private_rabbitmq.url, "REQUEST_TIMEOUT_S": DEADLINE_S}
     worker = workers(**env)
     gw = gateway(**env)
     load = asyncio.create_task(
-        run_load(f"{gw.base_url}/predict", distinct_jpegs, concurrency=4, deadline_s=DEADLINE_S, duration_s=30,
-                 unique=True)
+        run_load(
+            f"{gw.base_url}/predict",
+            distinct_jpegs,
+            concurrency=4,
+            deadline_s=DEADLINE_S,
+            duration_s=30,
+            unique=True,
+        )
     )
     await asyncio.sleep(4)
     await asyncio.to_thread(private_rabbitmq.stop_app)
@@ -94,7 +108,7 @@ async def test_broker_stopped_and_started_under_load(
     private_rabbitmq.api.wait_until_drained(queue_name)
 
 
-async def test_redis_stopped_and_started_under_load(gateway, workers, distinct_jpegs, private_redis):
+async def test_redis_stopped_and_started_under_load(private_redis, gateway, workers, distinct_jpegs):
     env = {"REDIS_URL": private_redis.url, "REQUEST_TIMEOUT_S": DEADLINE_S}
     workers(**env)
     gw = gateway(**env)
@@ -146,7 +160,12 @@ async def test_overload_at_ten_times_capacity(gateway, workers, distinct_jpegs, 
             async with session.post(url, data=form) as response:
                 image_id = (await response.json())["image"]
             for i in range(40):
-                payload = {"image": image_id, "prediction": "espresso", "score": 0.5, "correct_label": f"label {i}"}
+                payload = {
+                    "image": image_id,
+                    "prediction": "espresso",
+                    "score": 0.5,
+                    "correct_label": f"label {i}",
+                }
                 async with session.post(f"{gw.base_url}/feedback", json=payload) as response:
                     assert response.status in (200, 503), await response.text()
                     feedback_sent += response.status == 200

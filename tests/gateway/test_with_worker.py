@@ -12,8 +12,8 @@ import pytest
 
 from common.contract import cache_key
 from gateway.state import GATEWAY
-from tests.support.rabbitmq_api import close_connection
 from tests.gateway.test_api import assert_error, form
+from tests.support.rabbitmq_api import close_connection
 
 WORKER_TIMEOUT_S = 20.0
 

@@ -98,7 +98,9 @@ async def test_concurrent_identical_uploads_cause_one_inference(gateway, workers
     worker = workers()
     gw = gateway()
     async with aiohttp.ClientSession() as session:
-        results = await asyncio.gather(*(predict(session, gw.base_url, photos["astronaut"]) for _ in range(20)))
+        results = await asyncio.gather(
+            *(predict(session, gw.base_url, photos["astronaut"]) for _ in range(20))
+        )
     assert [status for status, _, _ in results] == [200] * 20
     assert len({body["prediction"] for _, body, _ in results}) == 1
     assert wait_for_worker_jobs(worker.metrics_port, 1) == 1

@@ -75,9 +75,7 @@ class Stack:
         assert self.gateway_5xx() == {}
 
 
-def _start_stack(
-    tmp: Path, rabbitmq_url: str, redis_url: str, model: Path, **overrides: object
-) -> Stack:
+def _start_stack(tmp: Path, rabbitmq_url: str, redis_url: str, model: Path, **overrides: object) -> Stack:
     queue = f"{TEST_QUEUE_PREFIX}{uuid.uuid4().hex[:12]}"
     env: dict[str, object] = {
         "RABBITMQ_URL": rabbitmq_url,

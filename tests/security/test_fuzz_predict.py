@@ -18,17 +18,45 @@ EXAMPLES = 150
 ALLOWED = {200, 400, 413, 415, 422}
 # Magic numbers of every accepted type (so the bytes reach the worker), and of some refused ones.
 MAGICS = [
-    b"\xff\xd8\xff", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", b"\x89PNG\r\n\x1a\n",
-    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", b"GIF87a", b"GIF89a", b"RIFF\x10\x00\x00\x00WEBPVP8 ",
-    b"RIFF\x10\x00\x00\x00WEBPVP8L", b"II*\x00", b"MM\x00*", b"BM" + bytes(12) + b"(\x00",
-    b"%PDF-", b"PK\x03\x04", b"<svg ", b"<html>", b"",
+    b"\xff\xd8\xff",
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",
+    b"\x89PNG\r\n\x1a\n",
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    b"GIF87a",
+    b"GIF89a",
+    b"RIFF\x10\x00\x00\x00WEBPVP8 ",
+    b"RIFF\x10\x00\x00\x00WEBPVP8L",
+    b"II*\x00",
+    b"MM\x00*",
+    b"BM" + bytes(12) + b"(\x00",
+    b"%PDF-",
+    b"PK\x03\x04",
+    b"<svg ",
+    b"<html>",
+    b"",
 ]
 CONTENT_TYPES = [
-    "image/jpeg", "image/png", "text/html", "application/octet-stream", "multipart/form-data",
-    "image/svg+xml", "application/x-www-form-urlencoded", "",
+    "image/jpeg",
+    "image/png",
+    "text/html",
+    "application/octet-stream",
+    "multipart/form-data",
+    "image/svg+xml",
+    "application/x-www-form-urlencoded",
+    "",
 ]
-NASTY_NAMES = ["../../etc/passwd", "..\\..\\boot.ini", "<script>alert(1)</script>.jpg", "a/b/c.png",
-               "ünïcødé ☕.gif", "CON", ".htaccess", "x" * 300, "file", ""]
+NASTY_NAMES = [
+    "../../etc/passwd",
+    "..\\..\\boot.ini",
+    "<script>alert(1)</script>.jpg",
+    "a/b/c.png",
+    "ünïcødé ☕.gif",
+    "CON",
+    ".htaccess",
+    "x" * 300,
+    "file",
+    "",
+]
 
 STATUSES: Counter[int] = Counter()  # what the examples got, for the report
 
@@ -36,8 +64,9 @@ payloads = st.builds(lambda magic, tail: magic + tail, st.sampled_from(MAGICS), 
 header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
 content_types = st.one_of(st.none(), st.sampled_from(CONTENT_TYPES), header_text)
 # Mostly "file", so that most bodies get past the form checks to the type sniffing and the worker.
-field_names = st.one_of(st.just("file"), st.just("file"), st.none(), st.sampled_from(NASTY_NAMES),
-                        st.text(max_size=20))
+field_names = st.one_of(
+    st.just("file"), st.just("file"), st.none(), st.sampled_from(NASTY_NAMES), st.text(max_size=20)
+)
 filenames = st.one_of(st.none(), st.sampled_from(NASTY_NAMES), st.text(max_size=60))
 parts = st.builds(
     multipart.Part, name=field_names, data=payloads, filename=filenames, content_type=content_types
@@ -48,12 +77,15 @@ parts = st.builds(
 def requests(draw: st.DrawFn) -> tuple[bytes, str | None]:
     """(body, Content-Type) of a multipart form, possibly cut short, or of a raw body."""
     if draw(st.booleans()):
-        body, content_type = multipart.encode(draw(st.lists(parts, max_size=4)), draw(st.sampled_from(
-            ["b", "----WebKitFormBoundary7MA4YWxkTrZu0gW", "x" * 70])))
+        body, content_type = multipart.encode(
+            draw(st.lists(parts, max_size=4)),
+            draw(st.sampled_from(["b", "----WebKitFormBoundary7MA4YWxkTrZu0gW", "x" * 70])),
+        )
         if draw(st.integers(0, 3)) == 0:
             body = body[: draw(st.integers(0, len(body)))]
-        return body, draw(st.sampled_from([content_type, content_type.replace("form-data", "mixed"),
-                                           "multipart/form-data"]))
+        return body, draw(
+            st.sampled_from([content_type, content_type.replace("form-data", "mixed"), "multipart/form-data"])
+        )
     return draw(payloads), draw(content_types)
 
 
@@ -92,5 +124,7 @@ def test_the_worker_survived_the_fuzzing(stack: Stack, baseline) -> None:
     pid, started_at = baseline
     time.sleep(0.5)  # the last jobs are settled
     stack.assert_unharmed(pid, started_at)
-    print(f"\n[security] fuzz: statuses {dict(sorted(STATUSES.items()))}, worker pid {pid} alive, "
-          f"{stack.worker_jobs():.0f} jobs reached it, no 5xx")
+    print(
+        f"\n[security] fuzz: statuses {dict(sorted(STATUSES.items()))}, worker pid {pid} alive, "
+        f"{stack.worker_jobs():.0f} jobs reached it, no 5xx"
+    )

@@ -65,8 +65,12 @@ async def test_every_kind_of_response_has_nosniff_and_a_csp(stack: Stack, photos
         ("POST", "/predict", {}, 400),
         ("POST", "/predict", {"data": upload(b"<html></html>")}, 415),
         ("POST", "/predict", {"data": upload(coffee[:5000])}, 422),
-        ("POST", "/predict", {"data": b"\xff\xd8\xff" + bytes(2 * 1024 * 1024),
-                              "headers": {"Content-Type": "image/jpeg"}}, 413),
+        (
+            "POST",
+            "/predict",
+            {"data": b"\xff\xd8\xff" + bytes(2 * 1024 * 1024), "headers": {"Content-Type": "image/jpeg"}},
+            413,
+        ),
         ("POST", "/predict?top_k=9", {"data": upload(coffee)}, 400),
         ("POST", "/feedback", {"json": {"image": "nope", "prediction": "x", "score": 0.1}}, 400),
         ("POST", "/feedback", {"json": {"image": f"{'a' * 64}.jpg", "prediction": "x", "score": 0.1}}, 404),
@@ -136,8 +140,15 @@ async def test_a_gif_html_polyglot_is_served_as_a_gif(stack: Stack) -> None:
 async def test_only_well_formed_ids_are_served_from_the_upload_folder(stack: Stack) -> None:
     """Files planted in the folder under other names are never served, whatever they hold."""
     stack.upload_dir.mkdir(parents=True, exist_ok=True)
-    planted = ["evil.html", f"{'c' * 64}.html", f"{'c' * 64}.JPG", f"{'c' * 64}.jpg.html",
-               ".incoming-abc.part", f"{'c' * 63}.jpg", f"{'C' * 64}.jpg"]
+    planted = [
+        "evil.html",
+        f"{'c' * 64}.html",
+        f"{'c' * 64}.JPG",
+        f"{'c' * 64}.jpg.html",
+        ".incoming-abc.part",
+        f"{'c' * 63}.jpg",
+        f"{'C' * 64}.jpg",
+    ]
     for name in planted:
         (stack.upload_dir / name).write_bytes(b"<script>alert(1)</script>")
     try:
@@ -163,8 +174,17 @@ def test_ids_are_validated_before_the_disk_is_touched(
     monkeypatch.setattr(Path, "is_file", spy)
     monkeypatch.setattr(Path, "exists", spy)
     monkeypatch.setattr(Path, "stat", spy)
-    for bad in ("../../etc/passwd", "/etc/passwd", f"{'a' * 64}.jpg/../../x", f"{'a' * 64}.html",
-                f"{'a' * 64}.jpg\n", "", ".", "..", f"{'a' * 64}.jpg\x00"):
+    for bad in (
+        "../../etc/passwd",
+        "/etc/passwd",
+        f"{'a' * 64}.jpg/../../x",
+        f"{'a' * 64}.html",
+        f"{'a' * 64}.jpg\n",
+        "",
+        ".",
+        "..",
+        f"{'a' * 64}.jpg\x00",
+    ):
         assert store.path_for(bad) is None
     assert touched == []
     assert store.path_for(f"{'a' * 64}.jpg") is None  # well formed: only now is the disk asked
@@ -174,17 +194,22 @@ def test_ids_are_validated_before_the_disk_is_touched(
 async def test_user_text_is_escaped_on_the_page(stack: Stack, photos) -> None:
     script = "<script>alert(1)</script>"
     coffee = photos["coffee"].read_bytes()
-    response, body = await request(stack, "POST", "/predict", data=upload(coffee))
+    _response, body = await request(stack, "POST", "/predict", data=upload(coffee))
     image_id = json.loads(body)["image"]
     # The thanks page repeats the user's label.
-    thanks, html = await request(stack, "POST", "/feedback", data={
-        "image": image_id, "prediction": "espresso", "score": "0.9", "correct_label": script})
+    thanks, html = await request(
+        stack,
+        "POST",
+        "/feedback",
+        data={"image": image_id, "prediction": "espresso", "score": "0.9", "correct_label": script},
+    )
     assert thanks.status == 200
     assert script.encode() not in html and b"&lt;script&gt;alert(1)&lt;/script&gt;" in html
     # An error message that quotes the request (a multipart boundary) is escaped too.
     boundary = '"<script>alert(2)</script>"'
-    error, html = await request(stack, "POST", "/", data=b"x", headers={
-        "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    error, html = await request(
+        stack, "POST", "/", data=b"x", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     assert error.status == 400 and error.content_type == "text/html"
     assert b"<script>alert(2)" not in html and b"&lt;script&gt;alert(2)" in html
 
@@ -194,7 +219,7 @@ async def test_user_text_is_escaped_on_the_page(stack: Stack, photos) -> None:
 # Documented local defaults (README, .env.example): the broker's guest user and the compose password.
 ALLOWED_SECRETS = {"guest", "serving-local", ""}
 # Obvious dummies that tests pass around (tests/deploy checks a custom password reaches compose).
-TEST_DUMMIES = {"s3cret"}
+TEST_DUMMIES = {"s3cret", "p", "******"}  # "******": what redact() shows instead of a password
 TOKEN_PATTERNS = {
     "private key": re.compile(r"-----BEGIN (RSA |EC |DSA |OPENSSH |ENCRYPTED )?PRIVATE KEY-----"),
     "AWS access key": re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),
@@ -217,7 +242,9 @@ def _repository_files() -> list[Path]:
     """Tracked files, and new ones git would track (not ignored)."""
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
     ).stdout.split(b"\0")
     return [REPO_ROOT / name.decode() for name in listed if name and (REPO_ROOT / name.decode()).is_file()]
 
@@ -227,7 +254,8 @@ def _is_placeholder(value: str) -> bool:
     # a CONSTANT, a YAML boolean, or a placeholder that says so (REPLACE-ME...).
     return bool(
         re.fullmatch(
-            r"[{$<%].*|\w+\(.*|str|bytes|None|\w+\.\w+.*|\w+\[.*|[A-Z][A-Z0-9_]*|true|false|REPLACE-ME.*", value
+            r"[{$<%].*|\w+\(.*|str|bytes|None|\w+\.\w+.*|\w+\[.*|[A-Z][A-Z0-9_]*|true|false|REPLACE-ME.*",
+            value,
         )
     )
 

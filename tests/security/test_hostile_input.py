@@ -77,7 +77,10 @@ async def test_empty_body_is_400(stack: Stack, baseline) -> None:
     await expect_error(stack, 400, "no file", data=b"", headers={"Content-Type": "image/jpeg"})
     # A multipart body with no part at all, just the closing boundary.
     await expect_error(
-        stack, 400, "no file", data=b"--xyz--\r\n",
+        stack,
+        400,
+        "no file",
+        data=b"--xyz--\r\n",
         headers={"Content-Type": "multipart/form-data; boundary=xyz"},
     )
 
@@ -216,8 +219,16 @@ def variants(photos) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(
     "name",
-    ["cmyk-jpeg", "greyscale-jpeg", "16-bit-greyscale-png", "palette-png", "alpha-png", "animated-gif",
-     "webp", "bmp"],
+    [
+        "cmyk-jpeg",
+        "greyscale-jpeg",
+        "16-bit-greyscale-png",
+        "palette-png",
+        "alpha-png",
+        "animated-gif",
+        "webp",
+        "bmp",
+    ],
 )
 async def test_unusual_but_valid_images_are_classified(stack: Stack, variants, name: str) -> None:
     body = await expect_label(
@@ -291,14 +302,15 @@ FORMULAS = [
 async def test_feedback_formula_cells_are_neutralised(stack: Stack, photos) -> None:
     image_id = await _coffee_id(stack, photos)
     for formula in FORMULAS:
-        status, body, text = await post(
-            stack, "/feedback",
+        status, _body, text = await post(
+            stack,
+            "/feedback",
             json={"image": image_id, "prediction": formula, "score": 0.5, "correct_label": formula},
         )
         assert status == 200, text
     with open(stack.feedback_csv, newline="") as f:
         rows = list(csv.reader(f))
-    written = rows[-len(FORMULAS):]
+    written = rows[-len(FORMULAS) :]
     assert [(row[2], row[4]) for row in written] == [("'" + f, "'" + f) for f in FORMULAS]
     # No cell of the file starts a formula.
     assert not any(cell[:1] in ("=", "+", "-", "@") for row in rows[1:] for cell in row)
@@ -330,8 +342,16 @@ async def test_feedback_unknown_or_traversal_image_id(stack: Stack) -> None:
     unknown = {**report, "image": f"{'ab' * 32}.jpg"}
     await expect_error(stack, 404, "no uploaded image", "/feedback", json=unknown)
     sha = "ab" * 32
-    for image in ("../../etc/passwd", f"../{sha}.jpg", f"{sha}.jpg/../../x", "%2e%2e%2fetc%2fpasswd",
-                  f"{sha.upper()}.jpg", f"{sha}.html", f"{sha}.jpg\x00", "/etc/passwd"):
+    for image in (
+        "../../etc/passwd",
+        f"../{sha}.jpg",
+        f"{sha}.jpg/../../x",
+        "%2e%2e%2fetc%2fpasswd",
+        f"{sha.upper()}.jpg",
+        f"{sha}.html",
+        f"{sha}.jpg\x00",
+        "/etc/passwd",
+    ):
         await expect_error(stack, 400, "not an image id", "/feedback", json={**report, "image": image})
 
 
@@ -366,7 +386,7 @@ async def test_upload_paths_cannot_escape(stack: Stack, photos) -> None:
                 assert "root:" not in text and "import" not in text
                 assert response.headers["X-Content-Type-Options"] == "nosniff"
     # The same paths raw on a socket, as no client library would normalise them.
-    for path in TRAVERSALS + ["/uploads/..\\..\\etc\\passwd", "/static/..\\..\\etc\\passwd"]:
+    for path in [*TRAVERSALS, "/uploads/..\\..\\etc\\passwd", "/static/..\\..\\etc\\passwd"]:
         reader, writer = await asyncio.open_connection("127.0.0.1", stack.port)
         writer.write(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
         raw = await asyncio.wait_for(reader.read(), 5)

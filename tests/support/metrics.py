@@ -33,7 +33,9 @@ def worker_jobs(metrics_port: int, outcome: str = "ok") -> float:
     return total(scrape(f"http://127.0.0.1:{metrics_port}/metrics"), WORKER_JOBS_METRIC, outcome=outcome)
 
 
-def wait_for_worker_jobs(metrics_port: int, expected: float, outcome: str = "ok", timeout: float = 10) -> float:
+def wait_for_worker_jobs(
+    metrics_port: int, expected: float, outcome: str = "ok", timeout: float = 10
+) -> float:
     """A worker counts a job once it is replied, cached and acknowledged, a moment after the
     client has its answer: poll until the count reaches ``expected`` (or time runs out)."""
     deadline = time.monotonic() + timeout

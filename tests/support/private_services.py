@@ -65,14 +65,20 @@ class PrivateRabbitMQ:
         shutil.chown(self.base, "rabbitmq", "rabbitmq")
         for path in self.base.rglob("*"):
             shutil.chown(path, "rabbitmq", "rabbitmq")
-        subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["rabbitmq-server", "-detached"],
+            env=self.env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         _wait_port(self.amqp_port, up=True, timeout=timeout)
         _wait_port(self.management_port, up=True, timeout=timeout)
 
     def _ctl(self, *args: str) -> None:
-        subprocess.run(["rabbitmqctl", "-n", self.node, "-q", *args], env=self.env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["rabbitmqctl", "-n", self.node, "-q", *args], env=self.env, check=True, stdout=subprocess.DEVNULL
+        )
 
     def stop_app(self) -> None:
         """The broker goes away (connections dropped, port closed); the node stays up."""
@@ -89,8 +95,12 @@ class PrivateRabbitMQ:
         try:
             pid = int((self.base / "pid").read_text().strip())
         except (OSError, ValueError):
-            subprocess.run(["rabbitmqctl", "-n", self.node, "-q", "stop"], env=self.env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.run(
+                ["rabbitmqctl", "-n", self.node, "-q", "stop"],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -112,14 +122,33 @@ class PrivateRedis:
     def start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", "", "--appendonly", "no", "--dir", str(self.base),
-             "--pidfile", str(self.base / "redis.pid"), "--logfile", str(self.base / "redis.log")],
+            [
+                "redis-server",
+                "--daemonize",
+                "yes",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.base),
+                "--pidfile",
+                str(self.base / "redis.pid"),
+                "--logfile",
+                str(self.base / "redis.log"),
+            ],
             check=True,
         )
         _wait_port(self.port, up=True, timeout=15)
 
     def stop(self) -> None:
-        subprocess.run(["redis-cli", "-p", str(self.port), "shutdown", "nosave"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["redis-cli", "-p", str(self.port), "shutdown", "nosave"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         _wait_port(self.port, up=False, timeout=15)

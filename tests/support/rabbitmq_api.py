@@ -42,6 +42,10 @@ class ManagementAPI:
             if exc.code != 404:
                 raise
 
+    def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes: name, running, ..."""
+        return self._request("GET", "nodes")
+
     def list_queues(self, prefix: str) -> list[str]:
         names = [q["name"] for q in self._request("GET", "queues/%2F?columns=name")]
         return [name for name in names if name.startswith(prefix)]
