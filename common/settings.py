@@ -60,6 +60,9 @@ class Settings:
     feedback_csv: Path = Path("feedback/feedback.csv")
     port: int = 8000
     host: str = "127.0.0.1"
+    # Gateway processes sharing PORT (SO_REUSEPORT; the kernel spreads connections among them).
+    # Each is started by the supervisor (make run, compose); above 1 each binds with reuse_port.
+    gateway_processes: int = 1
     # The gateway's bound on requests it holds at once; beyond it, 503 at once.
     max_in_flight: int = 512
     # Hostile clients (README "Hostile clients and faults"): an upload's body must arrive within

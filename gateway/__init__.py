@@ -7,6 +7,7 @@ The gateway never imports onnxruntime, TensorFlow or torch: workers classify.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -43,6 +44,8 @@ class ConfigurationError(Exception):
 
 def check_settings(settings: Settings) -> None:
     """Refuse settings that would break at run time, e.g. uploads the broker cannot carry."""
+    if settings.gateway_processes < 1:
+        raise ConfigurationError(f"GATEWAY_PROCESSES={settings.gateway_processes} must be at least 1.")
     message_bytes = settings.max_upload_bytes + MESSAGE_OVERHEAD_BYTES
     broker_bytes = int(settings.broker_max_message_mb * 1024 * 1024)
     if message_bytes > broker_bytes:
@@ -68,6 +71,7 @@ def init_app(settings: Settings) -> web.Application:
     )
     cache = ResultCache(settings.redis_url, settings.queue_name)
     rpc = RpcClient(settings)
+    metrics.process.info({"pid": str(os.getpid()), "reply_queue": rpc.reply_queue})
     admission = Admission(settings, metrics)
     app[GATEWAY] = Gateway(
         settings=settings,

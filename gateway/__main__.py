@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import sys
 
@@ -34,7 +35,12 @@ def main() -> None:
         log.critical("refusing to start: %s", exc)
         sys.exit(2)
     log.info(
-        "gateway listening on http://%s:%d/ (queue %r)", settings.host, settings.port, settings.queue_name
+        "gateway listening on http://%s:%d/ (queue %r, pid %d, one of %d process(es))",
+        settings.host,
+        settings.port,
+        settings.queue_name,
+        os.getpid(),
+        settings.gateway_processes,
     )
     # run_app handles SIGTERM: stop accepting, on_shutdown (readiness 503),
     # wait for requests in flight up to shutdown_timeout, then cleanup_ctx.
@@ -45,6 +51,9 @@ def main() -> None:
         shutdown_timeout=settings.request_timeout_s + SHUTDOWN_GRACE_S,
         print=None,
         backlog=LISTEN_BACKLOG,
+        # Several gateway processes on one port (GATEWAY_PROCESSES, started by supervisord):
+        # SO_REUSEPORT lets each bind it, and the kernel spreads new connections among them.
+        reuse_port=settings.gateway_processes > 1,
         access_log=logging.getLogger("aiohttp.access"),
     )
 

@@ -12,6 +12,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
 
@@ -78,6 +79,10 @@ class GatewayMetrics:
             registry=r,
         )
         self.feedback_rows = Counter("gateway_feedback_rows_total", "Feedback rows written", registry=r)
+        # Which of several gateway processes on one port answered (GATEWAY_PROCESSES).
+        self.process = Info(
+            "gateway_process", "This gateway process: its pid and its RabbitMQ reply queue", registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -88,7 +88,7 @@ def _ini(value: object) -> str:
 
 
 def supervisord_conf(rundir: Path, workers: int, first_metrics_port: int, start_retries: int,
-                     python: str = sys.executable) -> str:
+                     python: str = sys.executable, gateway_processes: int = 1) -> str:
     """The whole supervisord configuration of one stack (its files live in ``rundir``)."""
     python_cmd = shlex.quote(python)
     socket = rundir / "supervisor.sock"
@@ -137,8 +137,13 @@ stderr_logfile_maxbytes=0
 environment=RUN_STACK_CONF="{_ini(rundir / "supervisord.conf")}"
 """,
         # Started after the workers, stopped before them: no new jobs while they drain.
+        # GATEWAY_PROCESSES > 1: that many on one port (SO_REUSEPORT), gateway-0, gateway-1...,
+        # each with its own reply queue; one that dies is restarted while the others serve.
         f"""[program:gateway]
 command={python_cmd} -m gateway
+process_name={"gateway" if gateway_processes == 1 else "gateway-%(process_num)d"}
+numprocs={gateway_processes}
+environment=GATEWAY_PROCESSES="{gateway_processes}"
 priority=200
 stopwaitsecs={GATEWAY_STOP_WAIT_S}
 {common}""",
@@ -156,7 +161,7 @@ stopwaitsecs={WORKER_STOP_WAIT_S}
     return "\n".join(sections)
 
 
-def main(workers: int, start_retries: int) -> int:
+def main(workers: int, start_retries: int, gateway_processes: int = 1) -> int:
     model = resolve_model()
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1", MODEL_PATH=str(model))
     # Scale as processes: split the cores among the workers unless told otherwise.
@@ -166,11 +171,13 @@ def main(workers: int, start_retries: int) -> int:
     supervisord = shutil.which("supervisord", path=str(Path(sys.executable).parent)) or shutil.which("supervisord")
     if supervisord is None:
         sys.exit("[run] error: supervisord is not installed: pip install -r requirements/run.txt")
-    say(f"model {model}, {workers} worker(s) x {env['ORT_THREADS']} thread(s)")
+    say(f"model {model}, {workers} worker(s) x {env['ORT_THREADS']} thread(s), "
+        f"{gateway_processes} gateway process(es)")
 
     rundir = Path(tempfile.mkdtemp(prefix="run-stack-"))
     conf = rundir / "supervisord.conf"
-    conf.write_text(supervisord_conf(rundir, workers, first_metrics_port, start_retries))
+    conf.write_text(supervisord_conf(rundir, workers, first_metrics_port, start_retries,
+                                     gateway_processes=gateway_processes))
     conf.chmod(0o600)
     print_where_to_go(env)
     say(f"processes:      supervisorctl -c {conf} status   (restart, stop, start NAME)")
@@ -208,7 +215,11 @@ if __name__ == "__main__":
     parser.add_argument("--start-retries", type=int, default=DEFAULT_START_RETRIES,
                         help=f"restarts of a process that dies within {START_SECS} s of its start before it "
                         "is given up as a crash loop (default %(default)s)")
+    parser.add_argument("--gateway-processes", type=int, default=int(os.environ.get("GATEWAY_PROCESSES") or "1"),
+                        help="gateway processes on one port, each with its own reply queue (default %(default)s)")
     args = parser.parse_args()
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    sys.exit(main(args.workers, args.start_retries))
+    if args.gateway_processes < 1:
+        parser.error("--gateway-processes must be at least 1")
+    sys.exit(main(args.workers, args.start_retries, args.gateway_processes))

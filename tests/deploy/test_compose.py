@@ -418,3 +418,10 @@ def test_redis_cache_fits_its_container(services: dict[str, Any]) -> None:
     command = [str(part) for part in services["redis"]["command"]]
     maxmemory = memory_bytes(command[command.index("--maxmemory") + 1])
     assert 0 < maxmemory < memory_bytes(services["redis"]["mem_limit"])
+
+
+def test_compose_runs_gateway_processes_under_supervisord(services: dict[str, Any]) -> None:
+    """GATEWAY_PROCESSES (default 1) gateway processes share port 8000 in the container."""
+    gateway = services["gateway"]
+    assert gateway["command"] == ["supervisord", "-n", "-c", "/app/gateway/supervisord.conf"]
+    assert environment(gateway)["GATEWAY_PROCESSES"] == "1"

@@ -1,0 +1,165 @@
+"""Cache hits with one gateway process against two on one port (GATEWAY_PROCESSES), alternating.
+
+Starts one worker (to prime the cache), one gateway on port A and two gateway processes
+sharing port B (SO_REUSEPORT), all on a private queue; then drives each port in turn with
+wrk (C, one thread) posting the test photos, which are cache hits after the first round.
+Prints one line per run and a summary (median req/s, p50) with the load average, since the
+machine may be shared. Needs ``wrk`` on PATH (Debian: apt-get install wrk).
+
+``python -m perf.hits_by_processes --rounds 3 --seconds 8 --connections 8``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psutil
+
+from devtools.processes import REPO_ROOT, free_port, http_ok, start_gateway, start_worker
+from perf.loadgen import BOUNDARY, multipart
+from perf.services import delete_queue
+
+PHOTOS = sorted((REPO_ROOT / "tests" / "data").glob("*.jpg"))
+WRK_SCRIPT = """
+local bodies = {}
+local n = 0
+init = function(args)
+  for i, path in ipairs(args) do
+    local f = io.open(path, "rb"); bodies[i] = f:read("*a"); f:close()
+  end
+end
+request = function()
+  n = n % #bodies + 1
+  return wrk.format("POST", "/predict",
+    {["Content-Type"] = "multipart/form-data; boundary=BOUNDARY"}, bodies[n])
+end
+"""
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, bodies: list[Path], script: Path, connections: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+            "--",
+            *map(str, bodies),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    value, unit = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)$", out, re.MULTILINE).groups()
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": float(value) * UNITS_MS[unit],
+        "non_2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--model", default=str(REPO_ROOT / "models" / "efficientnet-lite0.onnx"))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="hits-by-processes-"))
+    queue = f"bench.hits.{uuid.uuid4().hex[:8]}"
+    env = {
+        "QUEUE_NAME": queue,
+        "REDIS_URL": args.redis_url,
+        "MODEL_PATH": args.model,
+        "ORT_THREADS": 1,
+        "UPLOAD_DIR": work / "uploads",
+        "FEEDBACK_CSV": work / "feedback.csv",
+    }
+    bodies = []
+    for photo in PHOTOS:
+        path = work / f"{photo.stem}.multipart"
+        path.write_bytes(multipart(photo.read_bytes(), photo.name))
+        bodies.append(path)
+    script = work / "hits.lua"
+    script.write_text(WRK_SCRIPT.replace("BOUNDARY", BOUNDARY))
+    started = []
+    try:
+        worker = start_worker({**env, "WORKER_METRICS_PORT": free_port()}, work)
+        started.append(worker)
+        one_port, two_port = free_port(), free_port()
+        started.append(start_gateway({**env, "PORT": one_port, "LOG_LEVEL": "WARNING"}, work, name="one"))
+        for i in range(2):
+            started.append(
+                start_gateway(
+                    {**env, "PORT": two_port, "GATEWAY_PROCESSES": 2, "LOG_LEVEL": "WARNING"},
+                    work,
+                    name=f"two{i}",
+                )
+            )
+        for port in (one_port, two_port):  # prime the cache: each photo once through the worker
+            deadline = time.monotonic() + 60
+            while not http_ok(f"http://127.0.0.1:{port}/health/ready") and time.monotonic() < deadline:
+                time.sleep(0.2)
+            for body in bodies:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/predict",
+                    data=body.read_bytes(),
+                    headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+                )
+                urllib.request.urlopen(request, timeout=30).read()
+        worker.terminate()  # hits only from here on: its CPU is not in the way
+        gateways = {
+            "1 process": [psutil.Process(started[1].pid)],
+            "2 processes": [psutil.Process(p.pid) for p in started[2:]],
+        }
+        ports = {"1 process": one_port, "2 processes": two_port}
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in ports}
+        for round_ in range(args.rounds):
+            for name, port in ports.items():
+                cpu0 = sum(sum(p.cpu_times()[:2]) for p in gateways[name])
+                load = os.getloadavg()[0]
+                run = wrk(f"http://127.0.0.1:{port}/predict", bodies, script, args.connections, args.seconds)
+                run["gateway_cores"] = (
+                    sum(sum(p.cpu_times()[:2]) for p in gateways[name]) - cpu0
+                ) / args.seconds
+                run["load1"] = load
+                results[name].append(run)
+                print(
+                    f"round {round_ + 1} {name}: {run['rps']:.0f} req/s, p50 {run['p50_ms']:.2f} ms, "
+                    f"gateway {run['gateway_cores']:.2f} cores, non-2xx {run['non_2xx']}, "
+                    f"load average {load:.2f}",
+                    flush=True,
+                )
+        for name, runs in results.items():
+            print(
+                f"{name}: median {statistics.median(r['rps'] for r in runs):.0f} req/s, "
+                f"p50 {statistics.median(r['p50_ms'] for r in runs):.2f} ms over {len(runs)} runs "
+                f"(wrk 1 thread, {args.connections} connections, {args.seconds} s each)"
+            )
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        delete_queue(queue)  # the private queue goes with the run
+        delete_queue(f"{queue}.dead")
+
+
+if __name__ == "__main__":
+    main()
