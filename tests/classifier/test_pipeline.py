@@ -1,4 +1,4 @@
-"""The pipeline's policies, fast: no broker, no subprocess.
+"""The pipeline's policies, fast: no broker, no worker process.
 
 The subject is :class:`classifier.pipeline.Pipeline`'s decisions (expiry, poison
 jobs, ack vs dead-letter vs requeue, top-k, batching), so the AMQP side is an
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
@@ -34,6 +36,7 @@ from common.contract import (
 )
 from common.settings import Settings
 from tests.classifier.test_worker import unique_jpeg
+from tests.support.processes import REPO_ROOT
 
 DELIVERY_LIMIT = 3
 SETTLE_TIMEOUT_S = 30
@@ -298,3 +301,16 @@ async def test_a_job_landing_after_close_goes_back_to_the_queue_unrun(model, cac
         how, reply = await delivery.outcome()
     assert (how, reply) == ("requeue", None)
     assert inferences() == runs
+
+
+def test_the_pipeline_imports_no_amqp_library() -> None:
+    """The seam holds: everything AMQP is classifier/consumer.py's (a fresh interpreter, so that
+    what other tests imported does not count)."""
+    code = (
+        "import sys, classifier.pipeline\n"
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in {'aio_pika', 'aiormq', 'pamqp'})))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == ""
