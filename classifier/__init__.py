@@ -8,5 +8,7 @@ Run it with ``python -m classifier``. One module per concern:
 - :mod:`classifier.batcher`    the micro-batch collector (pure asyncio)
 - :mod:`classifier.cache`      Redis result cache and model announcement, tolerant of Redis loss
 - :mod:`classifier.metrics`    Prometheus metrics on their own small HTTP port
-- :mod:`classifier.worker`     consume, batch, infer, reply, cache, ack
+- :mod:`classifier.consumer`   RabbitMQ: connect, consume (again after a cancel), publish, settle, close
+- :mod:`classifier.pipeline`   the jobs: accept (poison, headers, expiry), batch, infer, reply, cache, settle
+- :mod:`classifier.worker`     wires the consumer to the pipeline; start-up and drain order
 """

@@ -34,7 +34,7 @@ async def test_deleted_queue_is_declared_again_and_consumed(workers, jobs, photo
 
     await asyncio.to_thread(worker.wait_for_log, "RabbitMQ cancelled this worker's consumer", 10)
     await asyncio.to_thread(worker.wait_for_log, f"consuming queue {queue_name!r} again", 30)
-    assert " ERROR classifier.worker: RabbitMQ cancelled" in worker.log_text()
+    assert " ERROR classifier.consumer: RabbitMQ cancelled" in worker.log_text()
     await asyncio.sleep(3)  # give aio-pika's own consumer recovery time to (not) add a second one
     assert await consumers(rabbitmq_url, queue_name) == 1
     dead = rabbitmq_api.wait_for(lambda: rabbitmq_api.queue(dead_letter_queue(queue_name)), what="the DLQ")

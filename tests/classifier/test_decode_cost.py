@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from classifier.preprocess import Preprocessor
-from classifier.worker import DECODE_THREADS
+from classifier.pipeline import DECODE_THREADS
 from common.model_file import ResizePolicy
 from common.settings import Settings
 from scripts import decode_worst_cases as cases

@@ -397,7 +397,7 @@ def test_every_long_running_service_has_a_memory_limit(services: dict[str, Any])
 
 
 def test_a_worker_can_afford_its_worst_decodes(services: dict[str, Any]) -> None:
-    from classifier.worker import DECODE_THREADS
+    from classifier.pipeline import DECODE_THREADS
     from tests.classifier.test_decode_cost import DECODE_PEAK_BUDGET_MIB
 
     needed = WORKER_BASELINE_MIB + RESNET50_EXTRA_MIB + DECODE_THREADS * DECODE_PEAK_BUDGET_MIB

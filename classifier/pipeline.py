@@ -1,0 +1,384 @@
+"""The job pipeline: accept, batch, infer, reply, cache, settle. It knows no AMQP.
+
+The consumer (:mod:`classifier.consumer`) hands each delivery over as a
+:class:`Delivery`; everything the worker *decides* about a job happens here
+(docs/DESIGN.md, "RabbitMQ"), the way dramatiq's workers see a ``MessageProxy``:
+
+1. :meth:`Pipeline.accept` (event loop): a job delivered too often (a poison
+   job) is answered ``internal`` and dead-lettered without running; a malformed
+   one answered ``internal`` and dead-lettered; an expired one answered
+   ``expired`` and acked; otherwise its decode starts at once in the decode
+   pool (so it overlaps the batch wait and the previous batch's inference) and
+   the job joins the :class:`~classifier.batcher.Batcher`. The decode thread
+   also checks the body against its ``sha256`` header (the cache key): a
+   mismatch is a malformed job too.
+2. :meth:`Pipeline.run`: takes a batch, awaits its decodes, runs ONE
+   ``session.run`` in the inference thread, builds one reply per job.
+3. ``_settle`` (a task, so the next batch starts at once): publish every
+   reply, write the successes to Redis, *then* ack (or dead-letter). A job is
+   acknowledged only once its answer exists.
+
+CPU work never runs on the event loop, so heartbeats and deliveries go on
+while a batch is being inferred: that is what fills the next batch under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+
+from classifier import metrics
+from classifier.batcher import Batcher
+from classifier.metrics import Outcome
+from classifier.model import Model
+from classifier.preprocess import ImageDecodeError, Preprocessor, configure_pillow
+from common.contract import (
+    MAX_TOP_K,
+    ContractError,
+    ErrorCode,
+    FailureReply,
+    JobHeaders,
+    Reply,
+    SuccessReply,
+    cache_key,
+    encode_probabilities,
+)
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Two at most: the worst decodes within MAX_PIXELS take ~400 MiB each (README, "Decode cost"),
+# and decoding overlaps inference with two as well as with four.
+DECODE_THREADS = max(1, min(2, os.cpu_count() or 1))
+
+
+class Delivery(Protocol):
+    """One job as the broker handed it over, and the ways to answer and settle it.
+
+    :class:`classifier.consumer.AmqpDelivery` is the real one (an aio-pika
+    message); the pipeline's tests use an in-memory one.
+    """
+
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def headers(self) -> Mapping[str, object]: ...
+
+    @property
+    def correlation_id(self) -> str | None: ...
+
+    @property
+    def reply_to(self) -> str | None: ...
+
+    @property
+    def delivered_before(self) -> int:
+        """How many times the broker delivered this job before this delivery (0 if never)."""
+        ...
+
+    async def reply(self, reply: Reply) -> bool:
+        """Publish ``reply`` to ``reply_to``; False if it was not published (never raises)."""
+        ...
+
+    async def ack(self) -> None: ...
+
+    async def dead_letter(self) -> None:
+        """Reject without requeueing: the job goes to ``<queue>.dead``."""
+        ...
+
+    async def requeue(self) -> None:
+        """Give the job back to the queue (another worker, or this one, takes it again)."""
+        ...
+
+
+class ResultStore(Protocol):
+    """Where successes are cached: :class:`classifier.cache.ResultCache` (best-effort, never raises)."""
+
+    async def store(self, entries: Sequence[tuple[str, bytes]]) -> bool: ...
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """A delivered, well-formed request whose image is being decoded."""
+
+    delivery: Delivery
+    headers: JobHeaders
+    pixels: asyncio.Future[np.ndarray]
+    received: float  # event-loop clock
+
+
+@dataclass(slots=True, eq=False)
+class Settlement:
+    """What to do with one delivery: the reply, the outcome, and ack or dead-letter."""
+
+    delivery: Delivery
+    reply: Reply
+    outcome: Outcome
+    # (key, value) pairs to write to Redis; successes only (failures are never cached). The
+    # top-k entry always holds the full top-MAX_TOP_K, whatever this job's top_k: the key has
+    # no top_k. A job that asked for the probabilities also caches them, under their own key.
+    cache_entries: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def acknowledge(self) -> bool:
+        # internal = something is wrong with the job or with us: keep the job for a human.
+        return self.outcome is not Outcome.INTERNAL
+
+
+class Pipeline:
+    """Turns deliveries into settled jobs: :meth:`accept` each one, :meth:`run` the batch loop,
+    then :meth:`close` and :meth:`drain` to finish the jobs in hand, and :meth:`shutdown`."""
+
+    def __init__(self, settings: Settings, model: Model, cache: ResultStore) -> None:
+        self.settings = settings
+        self.model = model
+        self.cache = cache
+        configure_pillow(settings.max_pixels)
+        self.preprocess = Preprocessor(model.input_size, model.metadata.resize, settings.max_pixels)
+        self._batcher: Batcher[Job] = Batcher(settings.max_batch, settings.batch_wait_ms / 1000)
+        self._decode_pool = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+        # One inference at a time: onnxruntime parallelises inside a run (intra-op threads).
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._settling: set[asyncio.Task[None]] = set()
+        self.in_hand = 0  # delivered, not yet settled
+
+    # -- step 1: a delivery ------------------------------------------------------------
+
+    async def accept(self, delivery: Delivery) -> None:
+        """Take one delivery; it is always settled later, whatever happens (never raises)."""
+        metrics.IN_HAND.inc()
+        self.in_hand += 1
+        try:
+            await self._accept(delivery)
+        except Exception:  # a bug of ours: never leave a delivery unsettled (it would be hoarded)
+            log.exception("accepting job %s failed unexpectedly", delivery.correlation_id)
+            self._settle_soon([_internal(delivery, "the worker failed to accept this job")])
+
+    async def _accept(self, delivery: Delivery) -> None:
+        delivered = delivery.delivered_before
+        if delivered >= self.settings.delivery_limit:
+            # The quorum queue dead-letters a job returned once more after this delivery, but
+            # silently: the requester would wait for its deadline. So this last delivery is not
+            # run (the job may be what kills workers); it is answered and dead-lettered here.
+            log.error(
+                "job %s (sha256 %s) was delivered %d times without an answer; not running it, "
+                "dead-lettering it",
+                delivery.correlation_id,
+                str(delivery.headers.get("sha256", "?"))[:12],
+                delivered,
+            )
+            metrics.POISON_JOBS.inc()
+            self._settle_soon(
+                [
+                    _internal(
+                        delivery,
+                        f"this job was delivered {delivered} times without an answer (it may crash workers); "
+                        "dead-lettered",
+                    )
+                ]
+            )
+            return
+        try:
+            if not delivery.reply_to or not delivery.correlation_id:
+                raise ContractError("no reply_to or correlation_id: nobody could receive the answer")
+            headers = JobHeaders.from_amqp(dict(delivery.headers))
+        except ContractError as exc:
+            # A contract violation is a bug in a client, not a bad image: answer
+            # (if we can) and keep the job in the dead-letter queue for a human.
+            log.warning("malformed job %s dead-lettered: %s", delivery.correlation_id, exc)
+            self._settle_soon([_internal(delivery, f"malformed job: {exc}")])
+            return
+        if headers.ms_left() <= 0:
+            self._settle_soon([_expired(delivery)])
+            return
+        if self._batcher.closed:  # landed after the consumer was cancelled (rare): let another worker have it
+            self._released()
+            await _requeue_quietly(delivery)
+            return
+        loop = asyncio.get_running_loop()
+        pixels = loop.run_in_executor(self._decode_pool, self._decode, delivery.body, headers.sha256)
+        self._batcher.put(Job(delivery, headers, pixels, loop.time()))
+
+    def _released(self) -> None:
+        metrics.IN_HAND.dec()
+        self.in_hand -= 1
+
+    def _decode(self, body: bytes, sha256: str) -> np.ndarray:
+        """Check the body against its sha256 header, decode it (decode thread)."""
+        # The result is cached under this hash and served to anyone sending the same
+        # image: a wrong header would poison the cache, so it is a contract violation.
+        # (Off the event loop: hashing 10 MB takes milliseconds; hashlib releases the GIL.)
+        if hashlib.sha256(body).hexdigest() != sha256:
+            raise ContractError("the sha256 header does not match the body")
+        start = time.perf_counter()
+        try:
+            return self.preprocess(body)
+        finally:
+            metrics.DECODE_SECONDS.observe(time.perf_counter() - start)
+
+    # -- step 2: batches ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """The batch loop: until :meth:`close` and the last buffered job is taken."""
+        while jobs := await self._batcher.next_batch():
+            try:
+                settlements = await self._run_batch(jobs)
+            except Exception:  # a bug of ours: never lose the jobs, never kill the loop
+                log.exception("batch of %d failed unexpectedly", len(jobs))
+                settlements = [_internal(job.delivery, "the worker failed on this batch") for job in jobs]
+            self._settle_soon(settlements)
+
+    async def _run_batch(self, jobs: list[Job]) -> list[Settlement]:
+        settlements: list[Settlement] = []
+        ready: list[tuple[Job, np.ndarray]] = []
+        for job in jobs:
+            try:
+                pixels = await job.pixels
+            except ContractError as exc:
+                log.warning("malformed job %s dead-lettered: %s", job.delivery.correlation_id, exc)
+                settlements.append(_internal(job.delivery, f"malformed job: {exc}"))
+                continue
+            except ImageDecodeError as exc:
+                log.info("invalid image %s: %s", job.headers.sha256[:12], exc)
+                settlements.append(
+                    Settlement(
+                        job.delivery, FailureReply(ErrorCode.INVALID_IMAGE, str(exc)), Outcome.INVALID_IMAGE
+                    )
+                )
+                continue
+            except Exception:
+                log.exception("decoding %s failed unexpectedly", job.headers.sha256[:12])
+                settlements.append(_internal(job.delivery, "the worker failed to decode this image"))
+                continue
+            if job.headers.ms_left() <= 0:  # it expired while waiting here: spare the CPU
+                settlements.append(_expired(job.delivery))
+                continue
+            ready.append((job, pixels))
+        if not ready:
+            return settlements
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for job, _ in ready:
+            metrics.QUEUE_WAIT_SECONDS.observe(started - job.received)
+        batch = np.stack([pixels for _, pixels in ready])
+        try:
+            probabilities, seconds = await loop.run_in_executor(self._infer_pool, self._infer, batch)
+        except Exception:
+            log.exception("inference failed for a batch of %d", len(ready))
+            return settlements + [_internal(job.delivery, "inference failed") for job, _ in ready]
+
+        inference_ms = round(seconds * 1000, 2)
+        for (job, _), row in zip(ready, probabilities, strict=True):
+            settlements.append(self._success(job, row, inference_ms, len(ready)))
+        return settlements
+
+    def _success(self, job: Job, row: np.ndarray, inference_ms: float, batch_size: int) -> Settlement:
+        full = SuccessReply(
+            sha256=job.headers.sha256,
+            model=self.model.info,
+            top=self.model.top_k(row, MAX_TOP_K),
+            inference_ms=inference_ms,
+            batch_size=batch_size,
+        )
+        # The requester gets its top_k; the cache gets all MAX_TOP_K for whoever asks next.
+        reply = replace(full, top=full.top[: job.headers.top_k])
+        entries = [(cache_key(self.model.version, job.headers.sha256), full.to_json())]
+        if job.headers.probabilities:
+            vector = encode_probabilities(row.astype("<f4", copy=False).tobytes())
+            reply = replace(reply, probabilities=vector)
+            entries.append(
+                (
+                    cache_key(self.model.version, job.headers.sha256, probabilities=True),
+                    replace(full, probabilities=vector).to_json(),
+                )
+            )
+        return Settlement(job.delivery, reply, Outcome.OK, tuple(entries))
+
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        """One session.run for the whole batch (inference thread)."""
+        start = time.perf_counter()
+        probabilities = self.model.predict(batch)
+        seconds = time.perf_counter() - start
+        metrics.INFERENCE_SECONDS.observe(seconds)
+        metrics.BATCH_SIZE.observe(len(batch))
+        return probabilities, seconds
+
+    # -- step 3: reply, cache, ack -------------------------------------------------------
+
+    def _settle_soon(self, settlements: list[Settlement]) -> None:
+        task = asyncio.create_task(self._settle(settlements))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, settlements: list[Settlement]) -> None:
+        """Publish every reply, cache the successes, then ack (or dead-letter) each job."""
+        published = await asyncio.gather(*(_publish(s) for s in settlements))
+        # Cached even when the reply could not be published: the work is done, and the
+        # gateway's retry (or another request for the same image) will find it.
+        await self.cache.store([entry for s in settlements for entry in s.cache_entries])
+        for settlement, ok in zip(settlements, published, strict=True):
+            metrics.JOBS.labels(outcome=settlement.outcome.value).inc()
+            delivery = settlement.delivery
+            try:
+                if not ok:
+                    # Unanswered: give it back; the quorum queue's delivery limit bounds retries.
+                    await delivery.requeue()
+                elif settlement.acknowledge:
+                    await delivery.ack()
+                else:
+                    await delivery.dead_letter()
+            except Exception as exc:  # noqa: BLE001 - channel gone: the broker redelivers the job
+                log.warning("could not settle job %s: %s", delivery.correlation_id, exc)
+            finally:
+                self._released()
+
+    # -- the end -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """No more deliveries will come: the batch loop stops waiting for company."""
+        self._batcher.close()
+
+    async def drain(self, batch_loop: asyncio.Task[None]) -> None:
+        """After :meth:`close`: finish, answer and settle every job already accepted."""
+        await batch_loop
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
+        log.info("all jobs in hand answered (%d left unsettled)", self.in_hand)
+
+    def shutdown(self) -> None:
+        """Stop the decode and inference threads."""
+        self._decode_pool.shutdown(wait=True, cancel_futures=True)
+        self._infer_pool.shutdown(wait=True)
+
+
+async def _publish(settlement: Settlement) -> bool:
+    delivery = settlement.delivery
+    if not delivery.reply_to or not delivery.correlation_id:
+        return True  # nobody to answer (a malformed job); settling it is what matters
+    return await delivery.reply(settlement.reply)
+
+
+def _expired(delivery: Delivery) -> Settlement:
+    reply = FailureReply(ErrorCode.EXPIRED, "the request's deadline passed before it could be classified")
+    return Settlement(delivery, reply, Outcome.EXPIRED)
+
+
+def _internal(delivery: Delivery, text: str) -> Settlement:
+    return Settlement(delivery, FailureReply(ErrorCode.INTERNAL, text), Outcome.INTERNAL)
+
+
+async def _requeue_quietly(delivery: Delivery) -> None:
+    try:
+        await delivery.requeue()
+    except Exception as exc:  # noqa: BLE001 - channel gone: the broker requeues it anyway
+        log.warning("could not return job %s: %s", delivery.correlation_id, exc)
