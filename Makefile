@@ -54,7 +54,7 @@ cluster-stop:
 
 # Static checks (configured in pyproject.toml): ruff lint and format check over the whole tree,
 # mypy strict on the services and common/, the Dockerfiles, the compose file.
-lint: setup-dev
+lint: setup-dev system-packages
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

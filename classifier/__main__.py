@@ -39,8 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     log.info(
         "model %s version %s: input %sx%s, resize %s, %d labels (%s)",
-        model.info.name, model.version, *model.input_size, model.metadata.resize,
-        len(model.metadata.labels), settings.model_path,
+        model.info.name,
+        model.version,
+        *model.input_size,
+        model.metadata.resize,
+        len(model.metadata.labels),
+        settings.model_path,
     )
     problem = int8_cpu_problem(model.metadata, this_cpu())
     if problem and settings.int8_on_saturating_cpu != "warn":

@@ -99,7 +99,10 @@ class ResultCache:
         if self._backoff.failed():
             log.warning(
                 "Redis unavailable (%s: %s: %s); going on without the cache, retrying every %.0f s",
-                what, type(exc).__name__, exc, RETRY_AFTER_S,
+                what,
+                type(exc).__name__,
+                exc,
+                RETRY_AFTER_S,
             )
 
     def _succeeded(self) -> None:

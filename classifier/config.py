@@ -59,6 +59,8 @@ def _validate(parser: argparse.ArgumentParser, settings: Settings) -> None:
     if settings.max_pixels < 1:
         problems.append(f"MAX_PIXELS must be >= 1, got {settings.max_pixels}")
     if settings.int8_on_saturating_cpu not in ("refuse", "warn"):
-        problems.append(f"INT8_ON_SATURATING_CPU must be refuse or warn, got {settings.int8_on_saturating_cpu!r}")
+        problems.append(
+            f"INT8_ON_SATURATING_CPU must be refuse or warn, got {settings.int8_on_saturating_cpu!r}"
+        )
     if problems:
         parser.error("; ".join(problems))

@@ -92,7 +92,8 @@ class Model:
     def predict(self, images: np.ndarray) -> np.ndarray:
         """Probabilities float32 [N, C] for uint8 images [N, H, W, 3]."""
         if self._fixed_batch is None:
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+            probabilities: np.ndarray = self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+            return probabilities
         # A graph exported with a fixed batch size: run it in chunks (padding the last one).
         n, step = len(images), self._fixed_batch
         parts = []

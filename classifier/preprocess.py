@@ -49,7 +49,9 @@ _EXIF_ORIENTATION = 0x0112
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 # Modes resized as decoded (RGBA and LA premultiplied by Pillow), then converted.
-_RESAMPLED_AS_IS = frozenset({"RGB", "RGBA", "L", "LA", "I", "F", "CMYK", "YCbCr", "LAB"}) | _SIXTEEN_BIT_MODES
+_RESAMPLED_AS_IS = (
+    frozenset({"RGB", "RGBA", "L", "LA", "I", "F", "CMYK", "YCbCr", "LAB"}) | _SIXTEEN_BIT_MODES
+)
 # EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose).
 _ORIENT = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -101,9 +103,7 @@ class Preprocessor:
                 f"not a recognised image; accepted formats: {', '.join(ACCEPTED_FORMATS)}"
             ) from None
         except Image.DecompressionBombError:
-            raise ImageDecodeError(
-                f"the image has more than {self.max_pixels:,} pixels; refused"
-            ) from None
+            raise ImageDecodeError(f"the image has more than {self.max_pixels:,} pixels; refused") from None
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types on malformed input
             raise ImageDecodeError(f"the image header is corrupt ({_describe(exc)})") from None
 

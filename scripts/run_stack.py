@@ -52,7 +52,9 @@ def resolve_model() -> Path:
     if os.environ.get("MODEL_PATH"):
         path = Path(os.environ["MODEL_PATH"])
         if not path.exists():
-            sys.exit(f"[run] error: MODEL_PATH={path} does not exist; convert one with `python -m converter auto`")
+            sys.exit(
+                f"[run] error: MODEL_PATH={path} does not exist; convert one with `python -m converter auto`"
+            )
         return path
     for candidate in MODEL_CANDIDATES:
         if (REPO_ROOT / candidate).exists():
@@ -77,8 +79,10 @@ def print_where_to_go(env: dict[str, str]) -> None:
     say(f"page:           http://{host}:{port}/")
     say(f"REST API:       curl -F file=@tests/data/coffee.jpg http://{host}:{port}/predict")
     say(f"metrics:        http://{host}:{port}/metrics (workers: :{env['WORKER_METRICS_PORT']} and up)")
-    say(f"RabbitMQ UI:    http://{broker.hostname}:15672/  (user {broker.username or 'guest'}, "
-        f"password as in RABBITMQ_URL; queue '{env.get('QUEUE_NAME', 'classify')}')")
+    say(
+        f"RabbitMQ UI:    http://{broker.hostname}:15672/  (user {broker.username or 'guest'}, "
+        f"password as in RABBITMQ_URL; queue '{env.get('QUEUE_NAME', 'classify')}')"
+    )
     say("scale out:      `make worker` in another terminal (or on another host), Ctrl-C here stops all")
 
 
@@ -87,8 +91,14 @@ def _ini(value: object) -> str:
     return str(value).replace("%", "%%")
 
 
-def supervisord_conf(rundir: Path, workers: int, first_metrics_port: int, start_retries: int,
-                     python: str = sys.executable, gateway_processes: int = 1) -> str:
+def supervisord_conf(
+    rundir: Path,
+    workers: int,
+    first_metrics_port: int,
+    start_retries: int,
+    python: str = sys.executable,
+    gateway_processes: int = 1,
+) -> str:
     """The whole supervisord configuration of one stack (its files live in ``rundir``)."""
     python_cmd = shlex.quote(python)
     socket = rundir / "supervisor.sock"
@@ -103,7 +113,8 @@ redirect_stderr=true
 stdout_logfile=NONE
 stdout_events_enabled=true
 """
-    sections = [f"""[supervisord]
+    sections = [
+        f"""[supervisord]
 nodaemon=true
 logfile={_ini(rundir / "supervisord.log")}
 pidfile={_ini(rundir / "supervisord.pid")}
@@ -168,16 +179,23 @@ def main(workers: int, start_retries: int, gateway_processes: int = 1) -> int:
     env.setdefault("ORT_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     # Workers on one host each need a metrics port of their own: N consecutive ones.
     first_metrics_port = int(env.setdefault("WORKER_METRICS_PORT", str(DEFAULT_FIRST_METRICS_PORT)))
-    supervisord = shutil.which("supervisord", path=str(Path(sys.executable).parent)) or shutil.which("supervisord")
+    supervisord = shutil.which("supervisord", path=str(Path(sys.executable).parent)) or shutil.which(
+        "supervisord"
+    )
     if supervisord is None:
         sys.exit("[run] error: supervisord is not installed: pip install -r requirements/run.txt")
-    say(f"model {model}, {workers} worker(s) x {env['ORT_THREADS']} thread(s), "
-        f"{gateway_processes} gateway process(es)")
+    say(
+        f"model {model}, {workers} worker(s) x {env['ORT_THREADS']} thread(s), "
+        f"{gateway_processes} gateway process(es)"
+    )
 
     rundir = Path(tempfile.mkdtemp(prefix="run-stack-"))
     conf = rundir / "supervisord.conf"
-    conf.write_text(supervisord_conf(rundir, workers, first_metrics_port, start_retries,
-                                     gateway_processes=gateway_processes))
+    conf.write_text(
+        supervisord_conf(
+            rundir, workers, first_metrics_port, start_retries, gateway_processes=gateway_processes
+        )
+    )
     conf.chmod(0o600)
     print_where_to_go(env)
     say(f"processes:      supervisorctl -c {conf} status   (restart, stop, start NAME)")
@@ -195,8 +213,13 @@ def main(workers: int, start_retries: int, gateway_processes: int = 1) -> int:
     try:
         # supervisord's own lines and the listener's (to /dev/stdout) come through one pipe, so a
         # redirected `make run > file` keeps them in order (a reopened file would not).
-        child = subprocess.Popen([supervisord, "-n", "-c", str(conf)], cwd=REPO_ROOT, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(
+            [supervisord, "-n", "-c", str(conf)],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         children.append(child)
         assert child.stdout is not None
         for line in child.stdout:
@@ -212,11 +235,19 @@ def main(workers: int, start_retries: int, gateway_processes: int = 1) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WORKERS", "2")))
-    parser.add_argument("--start-retries", type=int, default=DEFAULT_START_RETRIES,
-                        help=f"restarts of a process that dies within {START_SECS} s of its start before it "
-                        "is given up as a crash loop (default %(default)s)")
-    parser.add_argument("--gateway-processes", type=int, default=int(os.environ.get("GATEWAY_PROCESSES") or "1"),
-                        help="gateway processes on one port, each with its own reply queue (default %(default)s)")
+    parser.add_argument(
+        "--start-retries",
+        type=int,
+        default=DEFAULT_START_RETRIES,
+        help=f"restarts of a process that dies within {START_SECS} s of its start before it "
+        "is given up as a crash loop (default %(default)s)",
+    )
+    parser.add_argument(
+        "--gateway-processes",
+        type=int,
+        default=int(os.environ.get("GATEWAY_PROCESSES") or "1"),
+        help="gateway processes on one port, each with its own reply queue (default %(default)s)",
+    )
     args = parser.parse_args()
     if args.workers < 1:
         parser.error("--workers must be at least 1")

@@ -94,7 +94,7 @@ async def test_close_wakes_a_waiting_consumer():
 
 
 def test_bad_limits_are_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
         Batcher(max_batch=0, max_wait_s=0.01)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="max_wait_s must be >= 0"):
         Batcher(max_batch=1, max_wait_s=-1)

@@ -16,7 +16,9 @@ def test_cli_flags_override_the_environment(monkeypatch):
     monkeypatch.setenv("QUEUE_NAME", "from-env")
     monkeypatch.setenv("MAX_BATCH", "4")
     monkeypatch.setenv("ORT_THREADS", "2")
-    settings = parse_args(["--queue", "from-cli", "--threads", "3", "--model", "m.onnx", "--metrics-port", "0"])
+    settings = parse_args(
+        ["--queue", "from-cli", "--threads", "3", "--model", "m.onnx", "--metrics-port", "0"]
+    )
     assert settings.queue_name == "from-cli"
     assert settings.ort_threads == 3
     assert settings.model_path == Path("m.onnx")

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from classifier.preprocess import Preprocessor
 from classifier.pipeline import DECODE_THREADS
+from classifier.preprocess import Preprocessor
 from common.model_file import ResizePolicy
 from common.settings import Settings
 from scripts import decode_worst_cases as cases
@@ -34,16 +34,34 @@ def decode_in_fresh_process(data: bytes, tmp_path: Path) -> dict[str, object]:
     path = tmp_path / "case"
     path.write_bytes(data)
     result = subprocess.run(
-        [sys.executable, "scripts/decode_worst_cases.py", "--one", str(path), "--max-pixels", str(MAX_PIXELS)],
-        cwd=REPO_ROOT, env=service_env({}), capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "scripts/decode_worst_cases.py",
+            "--one",
+            str(path),
+            "--max-pixels",
+            str(MAX_PIXELS),
+        ],
+        cwd=REPO_ROOT,
+        env=service_env({}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", [
-    "PNG RGBA, EXIF rotated", "PNG palette + transparency", "WebP lossless RGBA", "JPEG progressive 4:4:4",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "PNG RGBA, EXIF rotated",
+        "PNG palette + transparency",
+        "WebP lossless RGBA",
+        "JPEG progressive 4:4:4",
+    ],
+)
 def test_worst_decodes_stay_within_the_budget(case: str, tmp_path: Path) -> None:
     data = cases.CASES[case](cases._side(MAX_PIXELS))
     assert len(data) < Settings().max_upload_bytes / 10  # a small upload...
@@ -92,4 +110,3 @@ def test_resizing_before_orienting_and_compositing_changes_nothing_visible(photo
         expected = preprocess(_encode(viewed, "PNG")).astype(np.int16)
         assert np.abs(got - expected).mean() < 1.0, policy
         assert np.abs(got - expected).max() <= 8, policy
-

@@ -28,8 +28,14 @@ flags		: fpu sse sse2 avx f16c fma avx2 avx512f avx512bw avx_vnni avx512_vnni am
 
 def _meta(scheme: str | None) -> ModelMetadata:
     return ModelMetadata(
-        name="m", labels=["a"], input_size=(8, 8), resize=ResizePolicy("stretch"),
-        source="s", converter="c", created="t", int8_scheme=scheme,
+        name="m",
+        labels=["a"],
+        input_size=(8, 8),
+        resize=ResizePolicy("stretch"),
+        source="s",
+        converter="c",
+        created="t",
+        int8_scheme=scheme,
     )
 
 
@@ -68,10 +74,17 @@ def test_a_real_worker_checks_the_file_it_is_given_against_this_cpu(lite0_int8_m
     u8s8 = _with_scheme(lite0_int8_model, "u8s8", tmp_path / "u8s8.onnx")
     proc = subprocess.Popen(
         [sys.executable, "-m", "classifier", "--model", str(u8s8), "--metrics-port", "0"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         # A broker address where none listens: a worker that passes the check keeps retrying it.
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT), "ORT_THREADS": "1",
-             "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:1/"},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO_ROOT),
+            "ORT_THREADS": "1",
+            "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:1/",
+        },
     )
     lines: list[str] = []
     assert proc.stderr is not None

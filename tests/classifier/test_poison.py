@@ -47,7 +47,10 @@ async def test_quorum_queue_counts_deliveries_as_the_worker_expects(rabbitmq_url
             queue = await declare_request_queue(channel, settings)
             delivered: asyncio.Future[aio_pika.abc.AbstractIncomingMessage] = asyncio.Future()
 
-            async def take(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            async def take(
+                message: aio_pika.abc.AbstractIncomingMessage,
+                delivered: asyncio.Future[aio_pika.abc.AbstractIncomingMessage] = delivered,
+            ) -> None:
                 if not delivered.done():
                     delivered.set_result(message)
 

@@ -153,8 +153,9 @@ def test_large_jpeg_is_decoded_reduced_with_the_same_result(chelsea, preprocess)
 
 
 @pytest.mark.parametrize("name", ["coffee", "chelsea", "astronaut"])
-def test_phone_sized_jpeg_is_decoded_at_half_size_with_the_same_answer(photos, preprocess, model, name,
-                                                                       monkeypatch):
+def test_phone_sized_jpeg_is_decoded_at_half_size_with_the_same_answer(
+    photos, preprocess, model, name, monkeypatch
+):
     """A 1024 px JPEG is decoded at half size (DCT scaling), yet gives the model the same picture
     and the same answer as a full-size decode."""
     with Image.open(photos[name]) as im:

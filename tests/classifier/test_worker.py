@@ -270,7 +270,12 @@ def test_bad_model_path_exits_2_with_a_clear_message(tmp_path):
     env = service_env({"MODEL_PATH": tmp_path / "missing.onnx", "WORKER_METRICS_PORT": 0})
     result = subprocess.run(
         [sys.executable, "-m", "classifier"],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "model file not found" in result.stderr
@@ -280,7 +285,12 @@ def test_bad_configuration_is_refused(tmp_path):
     env = service_env({"MAX_BATCH": "eight"})
     result = subprocess.run(
         [sys.executable, "-m", "classifier"],
-        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert "bad configuration" in result.stderr
@@ -306,6 +316,7 @@ async def test_worker_survives_a_broker_restart(stack_env, tmp_path, photos):
         env = {**stack_env, "RABBITMQ_URL": broker.url, "WORKER_METRICS_PORT": free_port()}
         worker = await asyncio.to_thread(start_worker, env, tmp_path)
         try:
+
             async def classify_once(timeout: float) -> dict:
                 connection = await aio_pika.connect(broker.url)
                 try:
