@@ -17,7 +17,6 @@ import redis
 import tritonclient.http as httpclient
 
 from tests.security.conftest import Stack, _start_stack
-from tests.support import rabbitmq_api
 
 MODEL_NAME = "efficientnet-lite0"
 
@@ -35,10 +34,7 @@ def oip_stack(
     try:
         yield running
     finally:
-        running.gateway.terminate()
-        running.worker.terminate()
-        for name in (running.queue, f"{running.queue}.dead"):
-            rabbitmq_api.delete_queue(name)
+        running.stop()
 
 
 @pytest.fixture(scope="package")

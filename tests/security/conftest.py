@@ -38,6 +38,13 @@ class Stack:
     feedback_csv: Path
     worker_metrics_port: int
 
+    def stop(self) -> None:
+        """Stop both processes and delete the stack's queues."""
+        self.gateway.terminate()
+        self.worker.terminate()
+        for name in (self.queue, f"{self.queue}.dead"):
+            rabbitmq_api.delete_queue(name)
+
     @property
     def base_url(self) -> str:
         return self.gateway.base_url  # type: ignore[attr-defined]
@@ -127,7 +134,4 @@ def stack(
     try:
         yield running
     finally:
-        running.gateway.terminate()
-        running.worker.terminate()
-        for name in (running.queue, f"{running.queue}.dead"):
-            rabbitmq_api.delete_queue(name)
+        running.stop()

@@ -20,7 +20,6 @@ import redis
 
 from gateway.uploads import UPLOAD_GRACE_S
 from tests.security.conftest import Stack, _start_stack
-from tests.support import rabbitmq_api
 from tests.support.hostile import (
     LivenessWatch,
     empty_parts,
@@ -64,10 +63,7 @@ def stack(
     try:
         yield running
     finally:
-        running.gateway.terminate()
-        running.worker.terminate()
-        for name in (running.queue, f"{running.queue}.dead"):
-            rabbitmq_api.delete_queue(name)
+        running.stop()
 
 
 def real_upload(stack: Stack, photo: Path) -> tuple[int, dict]:
