@@ -12,7 +12,9 @@
    per model, after the ceiling's and the pipeline's sweeps, ``--rounds`` alternating rounds of the
    ceiling (best configuration) and the pipeline (the same layout); each side's best round makes the ratio;
 7. stress points with locust (:mod:`perf.stress`), unless ``--no-stress``;
-8. py-spy profiles of the gateway and a worker under load (:mod:`perf.profile`), unless ``--no-profile``.
+8. py-spy profiles of the gateway and a worker under load (:mod:`perf.profile`), unless ``--no-profile``;
+9. scale-out (:mod:`perf.scale_out`, in a process of its own): cache misses with 1, 2, 3 EfficientNet-Lite0
+   workers, and the CPU per job of the RabbitMQ node and of the gateway (``--scale-out-rounds 0``: skip).
 
 Writes ``perf/results/<timestamp>.json``, ``perf/REPORT.md`` and ``perf/plots/*.png``,
 and prints the ratio table with PASS/MISS per bar.
@@ -69,6 +71,7 @@ from perf.results import (
     Profile,
     Results,
     Rounds,
+    ScaleOut,
     Seed,
     from_dict,
 )
@@ -409,6 +412,19 @@ def profiles(b: Bench, ceiling: dict[str, Ceiling]) -> dict[str, Profile] | None
         stack.stop_workers()
 
 
+def scale_out(b: Bench) -> ScaleOut | None:
+    """1, 2, 3 workers on cache misses, and the broker's and the gateway's CPU per job."""
+    rounds = b.args.scale_out_rounds
+    if not rounds:
+        return None
+    seconds = b.args.scale_out_seconds or 5.0
+    log(f"scale-out: 1, 2, 3 Lite0 workers x 1 thread, {rounds} round(s) of {seconds:g} s per point")
+    r = measure(ScaleOut, "perf.scale_out", 600, photo_dir=b.photo_dir, rounds=rounds, seconds=seconds,
+                warmup=b.args.warmup)  # fmt: skip
+    log(report.scale_out_text(r))
+    return r
+
+
 def parse_args() -> Args:
     """The command line, one option per field of :class:`~perf.results.Args`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -487,6 +503,8 @@ def main() -> None:
                 profiled = profiles(b, ceilings)
     finally:
         stack.close()
+    with b.phase("scale-out"):  # its own gateway and queue: after this run's stack is gone
+        scaled = scale_out(b)
 
     sizes = [p.stat().st_size for p in pool]
     host.load_avg_after = [round(x, 2) for x in os.getloadavg()]
@@ -513,6 +531,7 @@ def main() -> None:
         stress=points,
         shed_at=shed_at,
         profile=profiled,
+        scale_out=scaled,
         # The benchmark's own time; the optional wait for a quiet machine is reported apart.
         duration_s=round(time.monotonic() - started - (waited or 0.0), 1),
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 import jinja2
 
 from perf.paths import PERF_DIR, PLOTS_DIR, REPO_ROOT, REPORT_PATH
-from perf.results import Bar, Machine, Results, load
+from perf.results import Bar, Machine, Results, ScaleOut, load
 
 FINDINGS = PERF_DIR / "FINDINGS.md"  # hand-written: profile findings and fixes, appended to the report
 MODELS = ("fp32", "int8")
@@ -162,6 +162,18 @@ def ratios(r: Results) -> list[Bar]:
     return bars
 
 
+def scale_out_text(r: ScaleOut) -> str:
+    """What the scale-out figures say: throughput per worker count, and how far one broker node and
+    one gateway process carry (jobs per second per core of their CPU)."""
+    best = ", ".join(f"{n} worker(s) {rps:.1f}" for n, rps in r.best_rps.items())
+    return (
+        f"Cache misses, req/s (best round): {best}. One RabbitMQ node takes ~{r.rabbitmq_jobs_per_core:,.0f} "
+        f"jobs/s per core here ({r.rabbitmq_ms_per_job:.2f} ms of broker CPU per job, {r.queue_type} queue, "
+        f"idle CPU subtracted); one gateway process takes ~{r.gateway_misses_per_core:,.0f} misses/s per core "
+        f"({r.gateway_ms_per_miss:.2f} ms of CPU per miss, and one process is one core at most)."
+    )
+
+
 def _p90(r: Results) -> float:
     return r.cache_hits.latency_ms.p90 if r.cache_hits.latency_ms.p90 is not None else NAN
 
@@ -203,7 +215,7 @@ TEMPLATE = jinja2.Environment(
 TEMPLATE.filters.update(fmt=_fmt_value, cpu_list=_cpu_list)
 TEMPLATE.globals.update(
     MODELS=MODELS, INT8_BY_CPU=INT8_BY_CPU, cpu_text=cpu_text, num=_fmt, cpu_cells=_cpu_cells,
-    median=statistics.median, zip=zip,
+    median=statistics.median, zip=zip, scale_out_text=scale_out_text,
 )  # fmt: skip
 
 

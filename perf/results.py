@@ -192,6 +192,50 @@ class StressPoint:
 
 
 @dataclass
+class ScalePoint:
+    """One window of cache misses with ``workers`` workers (``perf.scale_out``): throughput, latency,
+    and the CPU each part of the path spent on it."""
+
+    round: int
+    workers: int
+    concurrency: int
+    seconds: float
+    requests: int  # answered 200 within the window
+    rps: float
+    p50_ms: float
+    p95_ms: float
+    statuses: dict[str, int]
+    cpu_cores: Cores  # workers, gateway, rabbitmq, redis, loadgen, others
+    cpu_ms_per_request: dict[str, float]  # the same processes' CPU over the window / requests
+    load_avg: list[float]
+    wrapped: bool = False
+
+
+@dataclass
+class ScaleOut:
+    """Throughput against the number of workers on one host, and what one broker node and one gateway
+    process cost per job (``python -m perf.scale_out``)."""
+
+    timestamp: str
+    model: str
+    threads: int
+    max_batch: int
+    queue: str
+    queue_type: str
+    rabbitmq_node: str
+    rabbitmq_processors: int  # the cores its Erlang VM sees
+    idle_cores: Cores  # rabbitmq and redis with no load of ours, measured before the first point
+    points: list[ScalePoint]
+    best_rps: dict[str, float]  # workers -> best round
+    rabbitmq_ms_per_job: float  # median over the points, idle CPU subtracted
+    gateway_ms_per_miss: float  # median over the points
+    rabbitmq_jobs_per_core: float  # 1000 / rabbitmq_ms_per_job
+    gateway_misses_per_core: float  # 1000 / gateway_ms_per_miss (one process is one core at most)
+    load_avg_before: list[float]
+    load_avg_after: list[float]
+
+
+@dataclass
 class Profile:
     """py-spy's busy samples of one process: (name, % of samples) by thread, self and inclusive."""
 
@@ -280,6 +324,12 @@ class Args:
     seed_rounds: int | None = _option(
         None, "back-to-back rounds of the seed's way (its best counts: TensorFlow speeds up as it warms)", 3
     )
+    scale_out_seconds: float | None = _option(
+        None, "window per point of the scale-out part (perf.scale_out: 1, 2, ... workers)", 5.0
+    )
+    scale_out_rounds: int | None = _option(
+        None, "alternating rounds of the scale-out part (0: leave it out)", 1
+    )
 
 
 @dataclass
@@ -306,6 +356,7 @@ class Results:
     stress: list[StressPoint] | None = None
     shed_at: dict[str, int] | None = None
     profile: dict[str, Profile] | None = None
+    scale_out: ScaleOut | None = None
     ratios: list[Bar] = field(default_factory=list)
 
 

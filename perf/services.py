@@ -161,6 +161,11 @@ def _management(method: str, path: str) -> object:
     return json.loads(body) if body else None
 
 
+def management_get(path: str) -> object:
+    """One GET of RabbitMQ's management API (``/api/<path>``), as JSON."""
+    return _management("GET", path)
+
+
 def delete_queue(name: str) -> None:
     try:
         _management("DELETE", f"queues/%2F/{urllib.parse.quote(name, safe='')}")
