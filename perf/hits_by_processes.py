@@ -26,7 +26,7 @@ import psutil
 
 from devtools.processes import REPO_ROOT, free_port, http_ok, start_gateway, start_worker
 from perf.loadgen import BOUNDARY, multipart
-from perf.services import delete_queue
+from perf.services import delete_queues
 
 PHOTOS = sorted((REPO_ROOT / "tests" / "data").glob("*.jpg"))
 WRK_SCRIPT = """
@@ -157,8 +157,7 @@ def main() -> None:
     finally:
         for process in reversed(started):
             process.terminate()
-        delete_queue(queue)  # the private queue goes with the run
-        delete_queue(f"{queue}.dead")
+        delete_queues(queue)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import psutil
 from devtools.processes import REPO_ROOT, ServiceProcess, free_port, http_ok, service_env, start_worker
 from perf.loadgen import BOUNDARY, multipart
 from perf.profile import PY_SPY
-from perf.services import delete_queue
+from perf.services import delete_queues
 
 PHOTO = REPO_ROOT / "tests" / "data" / "coffee.jpg"
 
@@ -153,8 +153,7 @@ def main() -> None:
     finally:
         for process in reversed(started):
             process.terminate()
-        delete_queue(queue)  # the private queue goes with the run
-        delete_queue(f"{queue}.dead")
+        delete_queues(queue)
 
 
 if __name__ == "__main__":

@@ -146,8 +146,7 @@ class Stack:
         if self.gateway is not None:
             self.gateway.terminate()
             self.gateway = None
-        for name in (self.queue, f"{self.queue}.dead"):
-            delete_queue(name)
+        delete_queues(self.queue)
         shutil.rmtree(self.run_dir / "uploads", ignore_errors=True)
 
 
@@ -171,6 +170,12 @@ def delete_queue(name: str) -> None:
         _management("DELETE", f"queues/%2F/{urllib.parse.quote(name, safe='')}")
     except (urllib.error.URLError, OSError):
         pass  # already gone (404) or the management API is off: a stale bench queue is harmless
+
+
+def delete_queues(queue: str) -> None:
+    """A private request queue and its dead-letter queue: they go with the run that made them."""
+    for name in (queue, f"{queue}.dead"):
+        delete_queue(name)
 
 
 def ready_messages(name: str) -> int | None:

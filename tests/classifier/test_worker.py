@@ -266,32 +266,27 @@ async def test_redis_loss_degrades_to_no_cache_and_recovers(workers, jobs, photo
         private.stop()
 
 
-def test_bad_model_path_exits_2_with_a_clear_message(tmp_path):
-    env = service_env({"MODEL_PATH": tmp_path / "missing.onnx", "WORKER_METRICS_PORT": 0})
-    result = subprocess.run(
+def _run_worker(env: dict[str, object]) -> subprocess.CompletedProcess[str]:
+    """`python -m classifier` with ``env``, to its exit (for configurations it must refuse)."""
+    return subprocess.run(
         [sys.executable, "-m", "classifier"],
-        env=env,
+        env=service_env(env),
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_bad_model_path_exits_2_with_a_clear_message(tmp_path):
+    result = _run_worker({"MODEL_PATH": tmp_path / "missing.onnx", "WORKER_METRICS_PORT": 0})
     assert result.returncode == 2
     assert "model file not found" in result.stderr
 
 
 def test_bad_configuration_is_refused(tmp_path):
-    env = service_env({"MAX_BATCH": "eight"})
-    result = subprocess.run(
-        [sys.executable, "-m", "classifier"],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _run_worker({"MAX_BATCH": "eight"})
     assert result.returncode == 2
     assert "bad configuration" in result.stderr
 
