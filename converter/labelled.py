@@ -26,6 +26,8 @@ from converter.images import PHOTO_SUFFIXES
 # Where the labelled sample lives in this workplace; a clone elsewhere has no such folder
 # and passes --labelled (or goes without: the converter then says what it cannot measure).
 DEFAULT_LABELLED_DIR = Path(__file__).resolve().parents[2] / "shared" / "imagenet-sample"
+# The same folder for a clone made elsewhere on a machine of this workplace (e.g. /tmp/fresh).
+WORKPLACE_LABELLED_DIR = Path("/work/shared/imagenet-sample")
 LABELLED_DIR_ENV = "IMAGENET_SAMPLE_DIR"
 # Two photos in five calibrate, three in five are held out: ~100 / ~150 of 250. Calibration
 # ranges settle with far fewer photos than accuracy needs to be read to within a point.
@@ -52,11 +54,12 @@ class Split:
 
 
 def default_dir() -> Path | None:
-    """$IMAGENET_SAMPLE_DIR, else this workplace's sample, else None (not measurable here)."""
+    """$IMAGENET_SAMPLE_DIR, else this workplace's sample (beside the checkout, or where the
+    workplace keeps it), else None (not measurable here)."""
     configured = os.environ.get(LABELLED_DIR_ENV)
     if configured:
         return Path(configured)
-    return DEFAULT_LABELLED_DIR if DEFAULT_LABELLED_DIR.is_dir() else None
+    return next((d for d in (DEFAULT_LABELLED_DIR, WORKPLACE_LABELLED_DIR) if d.is_dir()), None)
 
 
 def load(directory: Path, classes: int) -> list[LabelledPhoto]:
