@@ -14,6 +14,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import uvloop
+
 from classifier import metrics
 from classifier.cache import ResultCache
 from classifier.config import parse_args
@@ -60,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics.MODEL.info({"name": model.info.name, "version": model.version, "path": str(settings.model_path)})
     metrics.serve(settings.worker_metrics_port, settings.host)
     try:
-        asyncio.run(_serve(settings, model))
+        # uvloop: the same asyncio, with its event loop and transports in C; less CPU per job.
+        uvloop.run(_serve(settings, model))
     except asyncio.CancelledError:
         log.warning("drain abandoned by a second signal")
         return 1

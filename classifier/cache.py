@@ -1,4 +1,4 @@
-"""Redis: the result cache and the model announcement, both best-effort.
+"""Redis: the result cache, the model announcement and the images jobs refer to, all best-effort.
 
 docs/DESIGN.md: "Redis being down degrades (no cache), it does not fail predictions."
 So nothing here raises for Redis trouble. Short socket timeouts bound what a
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from redis.exceptions import RedisError
 
 from classifier import metrics
-from common.contract import ModelInfo, model_announcement, model_announcement_key
+from common.contract import ModelInfo, image_key, model_announcement, model_announcement_key
 from common.redis_link import RedisBackoff, redis_client
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ ANNOUNCE_TTL_S = 90
 
 
 class ResultCache:
-    """Writes success replies and the model announcement to Redis; never raises for Redis trouble."""
+    """Writes success replies and the model announcement to Redis, reads the images jobs refer to;
+    never raises for Redis trouble."""
 
     def __init__(self, url: str, ttl_s: int, *, timeout_s: float = SOCKET_TIMEOUT_S) -> None:
         self.ttl_s = ttl_s
@@ -62,6 +63,19 @@ class ResultCache:
             return False
         self._succeeded()
         return True
+
+    async def fetch_image(self, sha256: str) -> bytes | None:
+        """The image a job left in Redis (``image_key(sha256)``), or None when it is not there or
+        Redis cannot say: the job is then answered ``image_missing`` and the gateway sends it inline.
+        Not skipped during the write back-off: a job whose image is in Redis has no other source."""
+        try:
+            async with asyncio.timeout(self._timeout_s * 4):
+                data = await self._redis.get(image_key(sha256))
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed("image read", exc)
+            return None
+        self._succeeded()
+        return data if isinstance(data, bytes) else None
 
     async def announce(self, queue: str, model: ModelInfo, ttl_s: int = ANNOUNCE_TTL_S) -> bool:
         """Tell gateways which model (hence which cache version) serves ``queue``."""

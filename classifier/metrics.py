@@ -21,6 +21,7 @@ class Outcome(StrEnum):
     INVALID_IMAGE = "invalid_image"
     EXPIRED = "expired"
     INTERNAL = "internal"
+    IMAGE_MISSING = "image_missing"
 
 
 _MS = 0.001

@@ -9,9 +9,11 @@ The consumer (:mod:`classifier.consumer`) hands each delivery over as a
    one answered ``internal`` and dead-lettered; an expired one answered
    ``expired`` and acked; otherwise its decode starts at once in the decode
    pool (so it overlaps the batch wait and the previous batch's inference) and
-   the job joins the :class:`~classifier.batcher.Batcher`. The decode thread
-   also checks the body against its ``sha256`` header (the cache key): a
-   mismatch is a malformed job too.
+   the job joins the :class:`~classifier.batcher.Batcher`. A job whose image
+   waits in Redis (the claim check) has it fetched first; when it is not there
+   the job is answered ``image_missing`` (the gateway sends it again with the
+   image) and acked. The decode thread also checks the image against its
+   ``sha256`` header (the cache key): a mismatch is a malformed job too.
 2. :meth:`Pipeline.run`: takes a batch, awaits its decodes, runs ONE
    ``session.run`` in the inference thread, builds one reply per job.
 3. ``_settle`` (a task, so the next batch starts at once): publish every
@@ -101,9 +103,16 @@ class Delivery(Protocol):
 
 
 class ResultStore(Protocol):
-    """Where successes are cached: :class:`classifier.cache.ResultCache` (best-effort, never raises)."""
+    """Redis as the pipeline sees it: where successes are cached and where a job's image may wait
+    (:class:`classifier.cache.ResultCache`; best-effort, never raises)."""
 
     async def store(self, entries: Sequence[tuple[str, bytes]]) -> bool: ...
+
+    async def fetch_image(self, sha256: str) -> bytes | None: ...
+
+
+class ImageMissing(Exception):
+    """A job's image was to be in Redis and is not (expired, evicted, Redis down or restarted)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -205,12 +214,22 @@ class Pipeline:
             await _requeue_quietly(delivery)
             return
         loop = asyncio.get_running_loop()
-        pixels = loop.run_in_executor(self._decode_pool, self._decode, delivery.body, headers.sha256)
+        pixels: asyncio.Future[np.ndarray]
+        if headers.image_in_redis:  # the claim check: the message holds the image's hash only
+            pixels = asyncio.ensure_future(self._fetch_and_decode(headers.sha256))
+        else:
+            pixels = loop.run_in_executor(self._decode_pool, self._decode, delivery.body, headers.sha256)
         self._batcher.put(Job(delivery, headers, pixels, loop.time()))
 
     def _released(self) -> None:
         metrics.IN_HAND.dec()
         self.in_hand -= 1
+
+    async def _fetch_and_decode(self, sha256: str) -> np.ndarray:
+        body = await self.cache.fetch_image(sha256)
+        if body is None:
+            raise ImageMissing("the image was not in Redis (expired, evicted, or Redis unavailable)")
+        return await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._decode, body, sha256)
 
     def _decode(self, body: bytes, sha256: str) -> np.ndarray:
         """Check the body against its sha256 header, decode it (decode thread)."""
@@ -246,6 +265,16 @@ class Pipeline:
             except ContractError as exc:
                 log.warning("malformed job %s dead-lettered: %s", job.delivery.correlation_id, exc)
                 settlements.append(_internal(job.delivery, f"malformed job: {exc}"))
+                continue
+            except ImageMissing as exc:
+                log.info(
+                    "image %s missing from Redis: the gateway will send it inline", job.headers.sha256[:12]
+                )
+                settlements.append(
+                    Settlement(
+                        job.delivery, FailureReply(ErrorCode.IMAGE_MISSING, str(exc)), Outcome.IMAGE_MISSING
+                    )
+                )
                 continue
             except ImageDecodeError as exc:
                 log.info("invalid image %s: %s", job.headers.sha256[:12], exc)

@@ -28,6 +28,10 @@ HEADER_TOP_K = "top_k"
 # Present and true: the reply also carries the whole probability vector (the Open Inference
 # Protocol's ``probabilities`` output). Absent means false, so older gateways are unaffected.
 HEADER_PROBABILITIES = "probabilities"
+# Present and true: the message body is empty and the image waits in Redis under
+# image_key(sha256) (the claim-check pattern: the broker carries a reference, not 100 KB
+# of photo through its quorum log). Absent or false: the body is the image.
+HEADER_IMAGE_IN_REDIS = "image_in_redis"
 
 MIN_TOP_K = 1
 MAX_TOP_K = 5
@@ -38,6 +42,16 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 def dead_letter_queue(queue: str) -> str:
     """Name of the queue that collects ``queue``'s rejected and poison jobs."""
     return f"{queue}.dead"
+
+
+def image_key(sha256: str) -> str:
+    """Redis key of an image waiting for a worker (see HEADER_IMAGE_IN_REDIS)."""
+    return f"clf:{CONTRACT_VERSION}:image:{sha256}"
+
+
+# A claimed image outlives its job's deadline by this much in Redis: the job itself expires
+# from the queue at the deadline, and a worker holding it checks the deadline before fetching.
+IMAGE_TTL_MARGIN_MS = 2_000
 
 
 def cache_key(model_version: str, sha256: str, *, probabilities: bool = False) -> str:
@@ -90,6 +104,9 @@ class ErrorCode(StrEnum):
     INVALID_IMAGE = "invalid_image"
     EXPIRED = "expired"
     INTERNAL = "internal"
+    # The job said its image was in Redis, and it was not there (evicted, expired, Redis down or
+    # restarted): the gateway sends the job again with the image in the message.
+    IMAGE_MISSING = "image_missing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +220,7 @@ class JobHeaders:
     deadline_ms: int
     top_k: int
     probabilities: bool = False
+    image_in_redis: bool = False
 
     def to_amqp(self) -> dict[str, Any]:
         headers: dict[str, Any] = {
@@ -212,6 +230,8 @@ class JobHeaders:
         }
         if self.probabilities:
             headers[HEADER_PROBABILITIES] = True
+        if self.image_in_redis:
+            headers[HEADER_IMAGE_IN_REDIS] = True
         return headers
 
     @classmethod
@@ -222,17 +242,21 @@ class JobHeaders:
             deadline_ms = int(headers[HEADER_DEADLINE_MS])
             top_k = int(headers.get(HEADER_TOP_K, MAX_TOP_K))
             probabilities = headers.get(HEADER_PROBABILITIES, False)
+            image_in_redis = headers.get(HEADER_IMAGE_IN_REDIS, False)
         except (KeyError, TypeError, ValueError) as exc:
             raise ContractError(f"missing or malformed job header: {exc}") from exc
         if not SHA256_RE.match(sha256):
             raise ContractError("header sha256 is not 64 lowercase hex digits")
         if not isinstance(probabilities, bool):
             raise ContractError("header probabilities must be a boolean")
+        if not isinstance(image_in_redis, bool):
+            raise ContractError("header image_in_redis must be a boolean")
         return cls(
             sha256=sha256,
             deadline_ms=deadline_ms,
             top_k=min(max(top_k, MIN_TOP_K), MAX_TOP_K),
             probabilities=probabilities,
+            image_in_redis=image_in_redis,
         )
 
     def ms_left(self, now: int | None = None) -> int:

@@ -75,6 +75,10 @@ class Settings:
     receive_buffer_mb: float = 512.0
     # Disk quota of the upload store (least recently used images are evicted beyond it).
     upload_store_mb: float = 1024.0
+    # How a job's image reaches the worker: "redis" (claim check: the gateway puts the image in
+    # Redis for the job's lifetime and the message carries its hash; in the message when Redis
+    # is unavailable) or "inline" (always in the message). docs/DESIGN.md, "Images in Redis".
+    image_transport: str = "redis"
     # RabbitMQ's max_message_size (128 MiB by default in 3.10): MAX_UPLOAD_MB must fit in it.
     broker_max_message_mb: float = 128.0
     # Decoded images above this many pixels are refused (decompression bombs).

@@ -22,7 +22,7 @@ from gateway.pages import setup_templates
 from gateway.readiness import ReadinessProbe
 from gateway.routes import setup_routes
 from gateway.rpc import MESSAGE_OVERHEAD_BYTES, RpcClient
-from gateway.service import Predictor
+from gateway.service import IMAGE_TRANSPORTS, Predictor
 from gateway.state import GATEWAY, Gateway
 from gateway.store import UploadStore
 from gateway.uploads import ReadLimits
@@ -46,6 +46,10 @@ def check_settings(settings: Settings) -> None:
     """Refuse settings that would break at run time, e.g. uploads the broker cannot carry."""
     if settings.gateway_processes < 1:
         raise ConfigurationError(f"GATEWAY_PROCESSES={settings.gateway_processes} must be at least 1.")
+    if settings.image_transport not in IMAGE_TRANSPORTS:
+        raise ConfigurationError(
+            f"IMAGE_TRANSPORT={settings.image_transport!r} must be one of {', '.join(IMAGE_TRANSPORTS)}."
+        )
     message_bytes = settings.max_upload_bytes + MESSAGE_OVERHEAD_BYTES
     broker_bytes = int(settings.broker_max_message_mb * 1024 * 1024)
     if message_bytes > broker_bytes:

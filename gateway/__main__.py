@@ -7,6 +7,7 @@ import os
 import resource
 import sys
 
+import uvloop
 from aiohttp import web
 
 from common.settings import Settings
@@ -55,6 +56,8 @@ def main() -> None:
         # SO_REUSEPORT lets each bind it, and the kernel spreads new connections among them.
         reuse_port=settings.gateway_processes > 1,
         access_log=logging.getLogger("aiohttp.access"),
+        # uvloop: the same asyncio, with its event loop and transports in C; less CPU per request.
+        loop=uvloop.new_event_loop(),
     )
 
 

@@ -1,7 +1,8 @@
-"""The Redis result cache as the gateway reads it, and the model version that keys it.
+"""The Redis result cache as the gateway reads it, the model version that keys it, and images for workers.
 
 Workers write results under ``cache_key(model version, sha256)`` and announce the
-model they serve under ``model_announcement_key(queue)``. Redis being down must
+model they serve under ``model_announcement_key(queue)``. The gateway writes one kind
+of key: an image waiting for a worker, ``image_key(sha256)``, for its job's lifetime. Redis being down must
 degrade the gateway (no cache), never fail a prediction: every error here ends
 in "no cached answer", and after one failure Redis is left alone for a moment so
 that each request does not pay a connect timeout.
@@ -19,6 +20,7 @@ from common.contract import (
     ModelInfo,
     SuccessReply,
     cache_key,
+    image_key,
     model_announcement_key,
     parse_model_announcement,
     parse_reply,
@@ -33,10 +35,13 @@ MODEL_TTL_S = 3.0
 BACKOFF_S = 5.0
 # Redis answers in well under a millisecond; anything slower counts as down.
 SOCKET_TIMEOUT_S = 0.25
+# While Redis refuses images, say so at most this often.
+IMAGE_WARN_EVERY_S = 60.0
 
 
 class ResultCache:
-    """Reads cached replies for the model the workers announce; reports whether Redis is up."""
+    """Reads cached replies for the model the workers announce, holds images for workers;
+    reports whether Redis is up."""
 
     def __init__(self, redis_url: str, queue_name: str) -> None:
         # No retry on a timeout: a miss is cheaper than a slow answer.
@@ -45,6 +50,8 @@ class ResultCache:
         self._model: ModelInfo | None = None
         self._model_read_at = float("-inf")
         self._backoff = RedisBackoff(BACKOFF_S)
+        # Its own: a Redis that refuses images (full, an ACL without SET) still serves the cache.
+        self._image_backoff = RedisBackoff(BACKOFF_S, warn_every_s=IMAGE_WARN_EVERY_S)
 
     @property
     def up(self) -> bool | None:
@@ -105,6 +112,24 @@ class ResultCache:
         ):
             return None
         return reply
+
+    async def put_image(self, sha256: str, data: bytes, ttl_ms: int) -> bool:
+        """Keep an image for a worker under ``image_key(sha256)`` for ``ttl_ms``; False if Redis
+        did not take it (down, full, refused): the caller then sends the image in the message."""
+        if self._skipping() or self._image_backoff.skipping:
+            return False
+        try:
+            await self._client.set(image_key(sha256), data, px=max(ttl_ms, 1))
+        except RedisError as exc:
+            if self._image_backoff.failed():
+                log.warning(
+                    "Redis did not take an image (%s: %s); sending images in the messages",
+                    type(exc).__name__,
+                    exc,
+                )
+            return False
+        self._image_backoff.succeeded()
+        return True
 
     async def ping(self) -> bool:
         """Ask Redis now (readiness); also clears the back-off when it answers."""

@@ -73,6 +73,12 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.jobs_sent = Counter(
+            "gateway_jobs_sent_total",
+            "Jobs published to the workers, by where their image travelled (redis: the claim check)",
+            ["image"],
+            registry=r,
+        )
         self.shared_flights = Counter(
             "gateway_singleflight_joined_total",
             "Predictions that joined an identical one in flight",

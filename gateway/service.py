@@ -11,16 +11,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from common.contract import (
+    IMAGE_TTL_MARGIN_MS,
     MAX_TOP_K,
     MIN_TOP_K,
     ErrorCode,
     FailureReply,
     JobHeaders,
     Prediction,
+    Reply,
     SuccessReply,
     now_ms,
 )
@@ -52,6 +54,10 @@ from gateway.singleflight import SingleFlight
 from gateway.store import UploadStore
 
 log = logging.getLogger(__name__)
+
+# IMAGE_TRANSPORT: "redis" puts each job's image in Redis (the message carries its hash),
+# "inline" always sends it in the message. docs/DESIGN.md, "Images in Redis".
+IMAGE_TRANSPORTS = ("redis", "inline")
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +199,7 @@ class Predictor:
             sha256=upload.sha256, deadline_ms=deadline_ms, top_k=MAX_TOP_K, probabilities=probabilities
         )
         try:
-            reply = await self.rpc.call(upload.data, content_type=upload.kind.content_type, headers=headers)
+            reply = await self._send_job(upload, headers)
         except MessageTooLarge:
             raise PayloadTooLarge("The upload is larger than the message broker can carry.") from None
         except QueueFull:
@@ -218,11 +224,34 @@ class Predictor:
             raise _failure_error(reply)
         return reply, False
 
+    async def _send_job(self, upload: Upload, headers: JobHeaders) -> Reply:
+        """One job to a worker, its image in Redis (the claim check) when Redis takes it,
+        else in the message; and once more with the image in the message if the worker
+        found it missing from Redis (evicted, or Redis restarted in between)."""
+        content_type = upload.kind.content_type
+        if self.settings.image_transport == "redis" and await self.cache.put_image(
+            upload.sha256, upload.data, headers.ms_left() + IMAGE_TTL_MARGIN_MS
+        ):
+            self.metrics.jobs_sent.labels("redis").inc()
+            reply = await self.rpc.call(
+                b"", content_type=content_type, headers=replace(headers, image_in_redis=True)
+            )
+            if not (isinstance(reply, FailureReply) and reply.code is ErrorCode.IMAGE_MISSING):
+                return reply
+            log.warning(
+                "a worker found image %s missing from Redis; sending it in the message", upload.sha256[:12]
+            )
+        self.metrics.jobs_sent.labels("message").inc()
+        return await self.rpc.call(upload.data, content_type=content_type, headers=headers)
+
 
 def _failure_error(reply: FailureReply) -> Exception:
     """A worker's refusal as an HTTP error: 422 bad image, 504 expired, 502 worker fault."""
     if reply.code is ErrorCode.INVALID_IMAGE:
         return UnprocessableImage(f"The file could not be decoded as an image: {reply.message}")
+    if reply.code is ErrorCode.IMAGE_MISSING:  # only after the job was sent again with the image
+        log.error("a worker found the image missing although it was in the message: %s", reply.message)
+        return BadGateway("The classifier could not read this image's job.")
     if reply.code is ErrorCode.EXPIRED:
         return GatewayTimeout("The request expired before a classifier could take it; please retry.")
     log.error("worker failed: %s", reply.message)

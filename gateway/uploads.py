@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from aiohttp import BodyPartReader, MultipartReader, StreamReader, hdrs, web
@@ -102,13 +101,7 @@ class ReadLimits:
 
 
 class _MeteredBody:
-    """The request body as the readers see it: every byte counted, every read under a deadline.
-
-    aiohttp's multipart reader loops over buffered lines without ever yielding to
-    the event loop and charges nothing for boundaries, preambles or empty parts;
-    behind this wrapper each of those bytes counts against ``limit``, the lines
-    are capped, and every few reads the loop gets a turn.
-    """
+    """The request body as it arrives: every byte counted, every read under a deadline."""
 
     def __init__(
         self, stream: StreamReader, limit: int, limits: ReadLimits, hold: Callable[[int], None]
@@ -118,18 +111,16 @@ class _MeteredBody:
         self._hold = hold
         self.limit = limit
         self.used = 0
-        self._peak = 0
-        self._lines = 0
         self._reads = 0
         self._started = asyncio.get_running_loop().time()
 
-    async def _guarded(self, read: Callable[[], Awaitable[bytes]]) -> bytes:
+    async def read(self, n: int = CHUNK_SIZE) -> bytes:
         self._reads += 1
         if self._reads % YIELD_EVERY_READS == 0:
             await asyncio.sleep(0)  # buffered data is read without suspending: let others run
         try:
             async with asyncio.timeout_at(self._limits.deadline(self._started, self.used)):
-                data = await read()
+                data = await self._stream.read(n)
         except TimeoutError:
             raise RequestTimeout(
                 f"The upload did not arrive in time (the body must come within {self._limits.timeout_s:g} s, "
@@ -138,13 +129,37 @@ class _MeteredBody:
         self.used += len(data)
         if self.used > self.limit:
             raise _too_large(self._limits.max_bytes)
-        if self.used > self._peak:  # bytes given back (unread_data) and read again are held once
-            self._hold(self.used - self._peak)
-            self._peak = self.used
+        self._hold(len(data))
         return data
 
+
+class _ReceivedForm:
+    """A multipart body already received in full, read the way aiohttp's MultipartReader reads a
+    stream (``read``, ``readline``, ``unread_data``, ``at_eof``).
+
+    The body is received first (metered, :class:`_MeteredBody`) and parsed from memory after:
+    parsing then costs no deadline, no stream bookkeeping per line, and aiohttp's parser still
+    does the parsing. The lines outside the file are capped, and the loop gets a turn every
+    few reads (the parser never suspends on data in memory).
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+        self._lines = 0
+        self._reads = 0
+
+    async def _turn(self) -> None:
+        self._reads += 1
+        if self._reads % YIELD_EVERY_READS == 0:
+            await asyncio.sleep(0)
+
     async def read(self, n: int = -1) -> bytes:
-        return await self._guarded(lambda: self._stream.read(n if n > 0 else CHUNK_SIZE))
+        await self._turn()
+        end = len(self._data) if n < 0 else self._pos + n
+        chunk = self._data[self._pos : end]
+        self._pos += len(chunk)
+        return chunk
 
     async def readline(self, *, max_line_length: int | None = None) -> bytes:
         self._lines += 1
@@ -152,16 +167,24 @@ class _MeteredBody:
             raise BadRequest(
                 "The multipart body has too many lines outside its file (preamble or part headers)."
             )
-        return await self._guarded(lambda: self._stream.readline(max_line_length=max_line_length))
+        await self._turn()
+        end = self._data.find(b"\n", self._pos)
+        end = len(self._data) if end < 0 else end + 1
+        if max_line_length is not None and end - self._pos > max_line_length:
+            raise BadRequest("A multipart header line is too long.")
+        line = self._data[self._pos : end]
+        self._pos = end
+        return line
 
     def at_eof(self) -> bool:
-        return self._stream.at_eof()
+        return self._pos >= len(self._data)
 
     def unread_data(self, data: bytes) -> None:
-        self.used -= len(data)
-        with warnings.catch_warnings():  # the multipart reader needs it; aiohttp marks it deprecated
-            warnings.simplefilter("ignore", DeprecationWarning)
-            self._stream.unread_data(data)
+        start = self._pos - len(data)
+        if start >= 0 and self._data[start : self._pos] == data:
+            self._pos = start  # always so with aiohttp's reader: it gives back what it just read
+        else:
+            self._data, self._pos = data + self._data[self._pos :], 0
 
 
 def _no_hold(_: int) -> None:
@@ -197,7 +220,7 @@ async def read_upload(
     body = _MeteredBody(request.content, allowance, limits, hold)
     try:
         if multipart:
-            data = await _read_multipart_file(request, body, max_bytes)
+            data = await _read_multipart_file(request, await _read_all(body), max_bytes)
         else:
             data = await _read_all(body)
             if not data:
@@ -245,16 +268,16 @@ def refuse_content_encoding(request: web.Request) -> None:
 
 
 async def _read_all(body: _MeteredBody) -> bytes:
-    buffer = bytearray()
+    chunks = []
     while chunk := await body.read(CHUNK_SIZE):
-        buffer += chunk
-    return bytes(buffer)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
-async def _read_multipart_file(request: web.Request, body: _MeteredBody, max_bytes: int) -> bytes:
-    """The bytes of the one ``file`` part; other fields are read and dropped, all within one budget."""
+async def _read_multipart_file(request: web.Request, form: bytes, max_bytes: int) -> bytes:
+    """The bytes of the one ``file`` part of a received form; other fields are dropped."""
     try:
-        reader = MultipartReader(request.headers, body)  # type: ignore[arg-type]  # a StreamReader look-alike
+        reader = MultipartReader(request.headers, _ReceivedForm(form))  # type: ignore[arg-type]  # a StreamReader look-alike
     except (ValueError, AssertionError, KeyError) as exc:
         raise BadRequest(f"The multipart body is malformed: {exc}") from exc
     file_data: bytes | None = None

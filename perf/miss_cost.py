@@ -1,14 +1,17 @@
-"""The gateway's CPU per cache miss: psutil CPU time of the gateway process over N misses.
+"""The serving path's CPU per cache miss, side by side: gateway, RabbitMQ, Redis and workers.
 
-Starts one worker (``--model``, ORT_THREADS=1) and one gateway per ``--repo`` (default: this
-checkout; give two to compare a change with the code before it, e.g. a ``git worktree`` of the
-base commit), all on one private queue. Then, in alternating rounds, posts ``--requests``
-unique photos (a real photo with random bytes after its end: a new sha256, the same pixels)
-to each gateway from ``--clients`` closed-loop aiohttp clients, and reads the gateway's CPU
-time (user + system) before and after. ``--profile DIR``: also a ``py-spy record`` (raw) of
-each gateway during its first round (500 samples/s: that round's CPU figure includes py-spy's cost).
+Starts ``--workers`` workers (``--model``, ORT_THREADS=1) on a private queue, then one gateway per
+``--variant``: a checkout, optionally with settings, ``PATH[:KEY=VALUE,...]`` (default: this
+checkout as it is). Give two to compare, e.g. ``--variant .:IMAGE_TRANSPORT=inline --variant .``
+(the image in the message, against in Redis), or a ``git worktree`` of the base commit against
+``.``. In alternating rounds, each gateway gets ``--requests`` unique photos (a real photo with
+random bytes after its end: a new sha256, the same pixels) from ``--clients`` closed-loop aiohttp
+clients, while psutil reads the CPU time of the gateway, the workers, the RabbitMQ node (its
+``beam.smp`` on 5672) and Redis; the broker's and Redis's idle CPU, measured before the first
+round, is subtracted. ``--profile DIR``: also a ``py-spy record`` (raw) of each gateway during
+its first round (500 samples/s: that round's figures include py-spy's cost).
 
-``python -m perf.miss_cost --requests 300 --rounds 3 [--repo /path/before --repo .]``
+``python -m perf.miss_cost --requests 400 --rounds 3 --variant .:IMAGE_TRANSPORT=inline --variant .``
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-import psutil
 
 from devtools.processes import REPO_ROOT, ServiceProcess, free_port, http_ok, service_env, start_worker
 from perf.loadgen import BOUNDARY, multipart
 from perf.profile import PY_SPY
-from perf.services import delete_queues
+from perf.services import RABBITMQ_PORT, REDIS_PORT, delete_queues
+from perf.stats import CpuMeter, listening_pids
+
+PARTS = ("gateway", "rabbitmq", "redis", "workers")
 
 PHOTO = REPO_ROOT / "tests" / "data" / "coffee.jpg"
 
@@ -68,17 +73,38 @@ def start_gateway_from(repo: Path, env: dict[str, object], log_dir: Path, name: 
     return process
 
 
+def parse_variant(text: str) -> tuple[Path, dict[str, str]]:
+    """``PATH[:KEY=VALUE,...]``: a checkout and the settings its gateway runs with."""
+    path, _, settings = text.partition(":")
+    env = dict(item.split("=", 1) for item in settings.split(",") if item)
+    return Path(path).resolve(), env
+
+
+def variant_name(text: str) -> str:
+    path, env = parse_variant(text)
+    where = "this checkout" if path == REPO_ROOT else str(path)
+    return where + "".join(f" {k}={v}" for k, v in env.items())
+
+
+def idle_cores(seconds: float) -> dict[str, float]:
+    meter = CpuMeter({"rabbitmq": listening_pids(RABBITMQ_PORT), "redis": listening_pids(REDIS_PORT)})
+    meter.start()
+    time.sleep(seconds)
+    return meter.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", action="append", type=Path, help="checkout whose gateway to measure")
-    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--variant", action="append", help="PATH[:KEY=VALUE,...] of a gateway to measure")
+    parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--model", default=str(REPO_ROOT / "models" / "efficientnet-lite0.onnx"))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
     parser.add_argument("--profile", type=Path, help="folder for one py-spy profile per gateway")
     args = parser.parse_args()
-    repos = [repo.resolve() for repo in (args.repo or [REPO_ROOT])]
+    variants = args.variant or ["."]
 
     work = Path(tempfile.mkdtemp(prefix="miss-cost-"))
     queue = f"bench.miss.{uuid.uuid4().hex[:8]}"
@@ -92,68 +118,83 @@ def main() -> None:
     photo = PHOTO.read_bytes()
     started: list[ServiceProcess] = []
     try:
-        started.append(start_worker({**env, "WORKER_METRICS_PORT": free_port()}, work))
+        workers = [
+            start_worker({**env, "WORKER_METRICS_PORT": free_port()}, work, name=f"worker{i}")
+            for i in range(args.workers)
+        ]
+        started.extend(workers)
         gateways = []
-        for i, repo in enumerate(repos):
+        for i, text in enumerate(variants):
+            repo, settings = parse_variant(text)
             port = free_port()
-            gateway_env = {**env, "PORT": port, "UPLOAD_DIR": work / f"uploads{i}", "LOG_LEVEL": "WARNING"}
+            gateway_env = {
+                **env,
+                "PORT": port,
+                "UPLOAD_DIR": work / f"uploads{i}",
+                "LOG_LEVEL": "WARNING",
+                **settings,
+            }
             process = start_gateway_from(repo, gateway_env, work, f"gateway{i}")
             started.append(process)
-            gateways.append((str(repo), port, psutil.Process(process.proc.pid)))
-        asyncio.run(post_misses(f"http://127.0.0.1:{gateways[0][1]}/predict", photo, 20, 2))  # warm up
-        per_miss: dict[str, list[float]] = {repo: [] for repo, _, _ in gateways}
+            gateways.append((variant_name(text), port, process.proc.pid))
+        for _, port, _ in gateways:  # warm up
+            asyncio.run(post_misses(f"http://127.0.0.1:{port}/predict", photo, 20, 2))
+        idle = idle_cores(3.0)
+        print(f"idle: RabbitMQ {idle['rabbitmq']:.3f} cores, Redis {idle['redis']:.3f} cores", flush=True)
+        per_miss: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in gateways}
         for round_ in range(args.rounds):
-            for i, (repo, port, proc) in enumerate(gateways):
-                spy = None
-                if args.profile and round_ == 0:
-                    args.profile.mkdir(parents=True, exist_ok=True)
-                    spy = subprocess.Popen(
-                        [
-                            PY_SPY,
-                            "record",
-                            "--format",
-                            "raw",
-                            "--rate",
-                            "500",
-                            "--pid",
-                            str(proc.pid),
-                            "--output",
-                            str(args.profile / f"gateway{i}.txt"),
-                            "--nonblocking",
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                    time.sleep(0.5)
-                times0, t0 = proc.cpu_times(), time.perf_counter()
+            for i, (name, port, pid) in enumerate(gateways):
+                spy = start_profile(args.profile, i, pid) if args.profile and round_ == 0 else None
+                meter = CpuMeter(
+                    {
+                        "gateway": [pid],
+                        "workers": [w.proc.pid for w in workers],
+                        "rabbitmq": listening_pids(RABBITMQ_PORT),
+                        "redis": listening_pids(REDIS_PORT),
+                    }
+                )
+                meter.start()
+                t0 = time.perf_counter()
                 statuses = asyncio.run(
                     post_misses(f"http://127.0.0.1:{port}/predict", photo, args.requests, args.clients)
                 )
-                times1 = proc.cpu_times()
-                user_ms = (times1.user - times0.user) * 1000 / args.requests
-                system_ms = (times1.system - times0.system) * 1000 / args.requests
-                cpu_ms = user_ms + system_ms
                 elapsed = time.perf_counter() - t0
+                cores = meter.stop()
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(30)
-                per_miss[repo].append(cpu_ms)
+                rps = args.requests / elapsed
+                ms = {part: max(0.0, cores[part] - idle.get(part, 0.0)) / rps * 1000 for part in PARTS}
+                per_miss[name].append(ms)
                 print(
-                    f"round {round_ + 1} gateway{i} ({repo}): {cpu_ms:.2f} ms CPU per miss "
-                    f"(user {user_ms:.2f}, kernel {system_ms:.2f}), "
-                    f"{args.requests / elapsed:.0f} req/s, statuses {statuses}, "
+                    f"round {round_ + 1} gateway{i} ({name}): CPU ms per miss "
+                    + ", ".join(f"{part} {ms[part]:.2f}" for part in PARTS)
+                    + f"; {rps:.0f} req/s, statuses {statuses}, others {cores['others']:.2f} cores, "
                     f"load average {os.getloadavg()[0]:.2f}",
                     flush=True,
                 )
-        for i, (repo, values) in enumerate(per_miss.items()):
+        for i, (name, values) in enumerate(per_miss.items()):
+            medians = {part: statistics.median(v[part] for v in values) for part in PARTS}
             print(
-                f"gateway{i} ({repo}): median {statistics.median(values):.2f} ms CPU per miss "
-                f"({', '.join(f'{v:.2f}' for v in values)})"
+                f"gateway{i} ({name}): median CPU ms per miss "
+                + ", ".join(f"{part} {medians[part]:.2f}" for part in PARTS)
             )
     finally:
         for process in reversed(started):
             process.terminate()
         delete_queues(queue)
+
+
+def start_profile(folder: Path, i: int, pid: int) -> subprocess.Popen[bytes]:
+    folder.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(
+        [PY_SPY, "record", "--format", "raw", "--rate", "500", "--pid", str(pid),
+         "--output", str(folder / f"gateway{i}.txt"), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(0.5)
+    return spy
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import pytest
+from prometheus_client import REGISTRY
 
 from classifier import metrics
 from classifier.cache import ResultCache
@@ -31,6 +32,7 @@ from common.contract import (
     Reply,
     SuccessReply,
     cache_key,
+    image_key,
     now_ms,
     parse_reply,
 )
@@ -91,8 +93,21 @@ def job(
         deadline_ms=now_ms() + deadline_in_ms,
         top_k=top_k,
         probabilities=bool(options.pop("probabilities", False)),
+        image_in_redis=bool(options.pop("image_in_redis", False)),
     ).to_amqp()
     return StubDelivery(body, headers, **options)  # type: ignore[arg-type]
+
+
+def claimed_job(body: bytes) -> StubDelivery:
+    """A job whose image waits in Redis (the claim check): its message body is empty."""
+    delivery = job(body, image_in_redis=True)
+    delivery.body = b""
+    return delivery
+
+
+def metric_value(name: str, **labels: str) -> float:
+    """A sample of the worker's metrics (prometheus_client's default registry); 0 before any."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 def inferences() -> tuple[float, float]:
@@ -150,6 +165,42 @@ async def test_a_photo_is_classified_replied_cached_and_acked(running, photos, r
     assert reply.top[0].label == "espresso"
     cached = await redis_client.get(cache_key(running.model.version, delivery.headers["sha256"]))  # type: ignore[arg-type]
     assert cached is not None and parse_reply(cached) == reply
+
+
+async def test_an_image_left_in_redis_is_fetched_and_classified(running, photos, redis_client) -> None:
+    body = unique_jpeg(photos["coffee"])
+    delivery = claimed_job(body)
+    await redis_client.set(image_key(str(delivery.headers["sha256"])), body, px=30_000)
+    await running.accept(delivery)
+    how, reply = await delivery.outcome()
+    assert how == "ack"
+    assert isinstance(reply, SuccessReply) and reply.top[0].label == "espresso"
+
+
+async def test_an_image_missing_from_redis_is_answered_so_and_acked(running, photos) -> None:
+    """Expired, evicted, or Redis restarted: the gateway sends the job again with the image."""
+    delivery = claimed_job(unique_jpeg(photos["coffee"]))  # never put in Redis
+    missing = metric_value("classifier_jobs_total", outcome="image_missing")
+    await running.accept(delivery)
+    how, reply = await delivery.outcome()
+    assert how == "ack"
+    assert isinstance(reply, FailureReply) and reply.code is ErrorCode.IMAGE_MISSING
+    assert metric_value("classifier_jobs_total", outcome="image_missing") == missing + 1
+
+
+async def test_an_image_in_redis_that_is_not_the_job_s_is_a_malformed_job(
+    running, photos, redis_client
+) -> None:
+    """The bytes under the key are checked against the job's sha256 as an inline body is."""
+    delivery = claimed_job(unique_jpeg(photos["coffee"]))
+    await redis_client.set(
+        image_key(str(delivery.headers["sha256"])), unique_jpeg(photos["chelsea"]), px=30_000
+    )
+    await running.accept(delivery)
+    how, reply = await delivery.outcome()
+    assert how == "dead-letter"
+    assert isinstance(reply, FailureReply) and reply.code is ErrorCode.INTERNAL
+    assert "sha256" in reply.message
 
 
 async def test_top_k_slices_the_reply_but_the_cache_keeps_all_five(running, photos, redis_client) -> None:

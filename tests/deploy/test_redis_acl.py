@@ -82,6 +82,9 @@ async def test_the_worker_writes_and_the_gateway_reads(services, redis_port) -> 
         assert await gateway.ping()
         assert await gateway.model() == model
         assert await gateway.get(sha) == reply
+        # The claim check: the gateway leaves a job's image, the worker reads it.
+        assert await gateway.put_image(sha, b"\xff\xd8 a photo", ttl_ms=5_000)
+        assert await worker.fetch_image(sha) == b"\xff\xd8 a photo"
     finally:
         await worker.close()
         await gateway.close()
@@ -93,6 +96,10 @@ def test_the_gateway_cannot_write_and_strangers_cannot_read(services, redis_port
     with redis.Redis.from_url(gateway_url) as gateway:
         with pytest.raises(NoPermissionError):
             gateway.set("clf:v1:0123456789ab:" + "cd" * 32, b'{"ok": true}')  # a forged answer
+        with pytest.raises(NoPermissionError):
+            gateway.set("clf:v1:model:classify", b"{}")  # a forged model announcement
+        with pytest.raises(NoPermissionError):
+            gateway.get("other")  # images are all it may write; clf:* all it may read
         with pytest.raises(NoPermissionError):
             gateway.flushall()
     with redis.Redis.from_url(worker_url) as worker:
