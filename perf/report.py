@@ -79,9 +79,9 @@ def evaluate(name: str, value: float, op: str, limit: float, detail: str) -> Bar
 def median_cpu_ms(rounds: Rounds) -> dict[str, float]:
     """Each part's CPU ms per answered request, the median over the pipeline's rounds (NaN where the
     rounds did not measure it): one slow or fast round moves it no more than the host does."""
-    parts = {k for x in rounds.e2e for k in (x.cpu_ms_per_request or {})}
+    seen = {k for x in rounds.e2e for k in (x.cpu_ms_per_request or {})}
     out = {}
-    for part in sorted(parts):
+    for part in [p for p in CPU_PARTS if p in seen] + sorted(seen - set(CPU_PARTS)):
         values = [v for x in rounds.e2e if not math.isnan(v := (x.cpu_ms_per_request or {}).get(part, NAN))]
         out[part] = statistics.median(values) if values else NAN
     return out
@@ -241,7 +241,7 @@ def _hits_detail(r: Results, h: LoadRun) -> str:
     text = (
         f"best of {len(others)} round(s) ({_spread([x.rps for x in others])} req/s), {h.tool}, "
         f"{h.concurrency} connections; cores: gateway {h.cpu_cores.get('gateway', NAN):.2f}, "
-        f"load generator {h.loadgen_cpu_cores:.2f}, Redis {h.cpu_cores.get('redis', NAN):.2f}"
+        f"load generator {h.cpu_cores.get('loadgen', h.loadgen_cpu_cores):.2f}, Redis {h.cpu_cores.get('redis', NAN):.2f}"
     )
     if h.cpu_ms_per_request:
         bound = hits_bound(h, r.machine.cores)
@@ -340,17 +340,21 @@ def markdown(r: Results, json_path: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Rebuild perf/REPORT.md and the plots from a results JSON.")
+    parser = argparse.ArgumentParser(
+        description="Rebuild perf/REPORT.md and the plots from a results JSON (a partial run's: its REPORT.md beside it)."
+    )
     parser.add_argument("results", type=Path)
     parser.add_argument("--no-plots", action="store_true", help="the report only (no matplotlib needed)")
     args = parser.parse_args()
     results = load(args.results)
     results.ratios = ratios(results)
-    if not args.no_plots:
+    partial = bool(results.args.only)  # a partial run's report stays beside its results, with no plots
+    if not args.no_plots and not partial:
         from perf import plots
 
         plots.make_all(results, PLOTS_DIR)
-    REPORT_PATH.write_text(markdown(results, args.results.resolve()))
+    out = args.results.resolve().parent / "REPORT.md" if partial else REPORT_PATH
+    out.write_text(markdown(results, args.results.resolve()))
     print(table(results))
 
 
