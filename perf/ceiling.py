@@ -6,7 +6,9 @@ measures the code that serves, minus RabbitMQ, Redis and HTTP. Decoding runs in
 a thread pool and overlaps the previous batch's inference, as in the worker.
 
 A layout ``PxT`` is P processes of T onnxruntime threads each; the harness
-runs the P processes at once (``--start-at``) and adds their rates.
+runs the P processes at once and adds their rates: each loads its model and warms up, says
+``ready`` on stdout, and starts when the harness writes the common start time on its stdin
+(``--sync``; ``--start-at`` gives a fixed one instead).
 
 ``python -m perf.ceiling --model M --threads T --batch B --seconds S`` prints one JSON line.
 """
@@ -19,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -46,9 +49,10 @@ def throughput(
     batch: int,
     decode_threads: int,
     seconds: float,
-    start_at: float | None = None,
+    start_at: float | Callable[[], float] | None = None,
 ) -> dict[str, float]:
-    """Images per second through decode + resize + predict, decode overlapping inference."""
+    """Images per second through decode + resize + predict, decode overlapping inference; from
+    ``start_at`` (unix time; a callable is asked for it after the warm-up) when given."""
     pre = _preprocessor(model)
     pool = ThreadPoolExecutor(decode_threads)
     cursor = 0
@@ -63,6 +67,8 @@ def throughput(
     for _ in range(2):
         model.predict(np.stack([f.result() for f in submit()]))
     late = 0.0
+    if callable(start_at):  # asked once warmed up
+        start_at = start_at()
     if start_at is not None:
         time.sleep(max(0.0, start_at - time.time()))
         late = max(0.0, time.time() - start_at)  # > 0: warm-up overran the common start
@@ -78,7 +84,10 @@ def throughput(
         if elapsed >= seconds:
             break
     pool.shutdown(wait=True, cancel_futures=True)
-    return {"images": done, "seconds": elapsed, "ips": done / elapsed, "late_s": late}
+    out = {"images": done, "seconds": elapsed, "ips": done / elapsed, "late_s": late}
+    if start_at is not None:
+        out["start_at"] = start_at
+    return out
 
 
 def ort_latency_ms(model: Model, bodies: list[bytes], runs: int = 30) -> dict[str, float]:
@@ -105,6 +114,16 @@ def decode_ms(model: Model, bodies: list[bytes], count: int = 60) -> float:
 
 
 SLACK_S = 3.0  # per batch size: warm-up of the next configuration before its common start
+SYNC_LEAD_S = 0.3  # from the last process ready to the common start
+
+
+def _wait_for_start() -> float:
+    """``--sync``: say ready (model loaded, warmed up), then read the common start time from stdin."""
+    print("ready", flush=True)
+    line = sys.stdin.readline()
+    if not line:
+        raise SystemExit("no start time on stdin")
+    return float(line)
 
 
 def run_layout(
@@ -118,8 +137,8 @@ def run_layout(
     count: int,
 ) -> list[CeilingRun]:
     """Run ``processes`` copies of this module at once, each trying every batch size in turn
-    (in step, from common start times); the summed images/s per batch size."""
-    start_at = time.time() + 4.0 + 1.5 * processes  # room for interpreter start and model load
+    (in step, from common start times); the summed images/s per batch size. The first start is when
+    the last of them is ready (model loaded, warmed up), the later ones follow at fixed intervals."""
     cmd = [
         sys.executable,
         "-m",
@@ -134,18 +153,30 @@ def run_layout(
         str(threads),
         "--seconds",
         str(seconds),
-        "--start-at",
-        str(start_at),
+        "--sync",
         "--batches",
         *map(str, batches),
     ]
     busy0, t0 = machine_busy_seconds(), time.monotonic()
     procs = [
         subprocess.Popen(
-            [*cmd, "--offset", str(i * count // processes)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+            [*cmd, "--offset", str(i * count // processes)],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for i in range(processes)
     ]
+    for p in procs:  # each loads its model and warms up; the last one ready sets the start
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"ceiling subprocess failed before its start ({p.wait()})")
+    start_at = time.time() + SYNC_LEAD_S
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(f"{start_at}\n")
+        p.stdin.close()
     outputs, own_cpu = [], 0.0
     for p in procs:
         assert p.stdout is not None
@@ -182,6 +213,9 @@ def main() -> None:
     parser.add_argument(
         "--start-at", type=float, default=None, help="unix time to start the first batch size"
     )
+    parser.add_argument(
+        "--sync", action="store_true", help="say 'ready' after the warm-up, read the start time on stdin"
+    )
     parser.add_argument("--latency", action="store_true", help="only ORT batch-1 latency and decode time")
     args = parser.parse_args()
     paths = sorted(args.photo_dir.glob("*.jpg"))[: args.count]
@@ -195,9 +229,14 @@ def main() -> None:
             )
         )
         return
-    runs = []
+    runs: list[dict[str, float]] = []
     for i, batch in enumerate(args.batches):
-        start_at = None if args.start_at is None else args.start_at + i * (args.seconds + SLACK_S)
+        start_at: float | Callable[[], float] | None
+        if i == 0:
+            start_at = _wait_for_start if args.sync else args.start_at
+        else:  # the later batch sizes follow the first one's start at fixed intervals, in step
+            first = runs[0].get("start_at")
+            start_at = None if first is None else first + i * (args.seconds + SLACK_S)
         runs.append(
             throughput(
                 model,

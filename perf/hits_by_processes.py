@@ -24,9 +24,9 @@ from pathlib import Path
 
 import psutil
 
-from devtools.processes import REPO_ROOT, free_port, http_ok, start_gateway, start_worker
+from devtools.processes import REPO_ROOT, free_port, http_ok, start_worker
 from perf.loadgen import BOUNDARY, multipart
-from perf.services import delete_queues
+from perf.services import delete_queues, start_gateways
 
 PHOTOS = sorted((REPO_ROOT / "tests" / "data").glob("*.jpg"))
 WRK_SCRIPT = """
@@ -105,15 +105,8 @@ def main() -> None:
         worker = start_worker({**env, "WORKER_METRICS_PORT": free_port()}, work)
         started.append(worker)
         one_port, two_port = free_port(), free_port()
-        started.append(start_gateway({**env, "PORT": one_port, "LOG_LEVEL": "WARNING"}, work, name="one"))
-        for i in range(2):
-            started.append(
-                start_gateway(
-                    {**env, "PORT": two_port, "GATEWAY_PROCESSES": 2, "LOG_LEVEL": "WARNING"},
-                    work,
-                    name=f"two{i}",
-                )
-            )
+        started += start_gateways({**env, "PORT": one_port, "LOG_LEVEL": "WARNING"}, 1, work, name="one")
+        started += start_gateways({**env, "PORT": two_port, "LOG_LEVEL": "WARNING"}, 2, work, name="two")
         for port in (one_port, two_port):  # prime the cache: each photo once through the worker
             deadline = time.monotonic() + 60
             while not http_ok(f"http://127.0.0.1:{port}/health/ready") and time.monotonic() < deadline:

@@ -25,7 +25,7 @@ import redis
 
 from perf import scrape
 from perf.paths import REPO_ROOT
-from perf.results import LoadRun, OneClient, WorkerStats, from_dict
+from perf.results import Cores, LoadRun, OneClient, WorkerStats, from_dict
 from perf.services import RABBITMQ_PORT, REDIS_PORT, Stack
 from perf.stats import CpuMeter, listening_pids
 
@@ -68,11 +68,19 @@ def loadgen_cmd(
 
 def _service_pids(stack: Stack) -> dict[str, list[int]]:
     return {
-        "gateway": [stack.gateway.pid] if stack.gateway else [],
+        "gateway": [g.pid for g in stack.gateways],
         "workers": [w.pid for w in stack.workers],
         "rabbitmq": listening_pids(RABBITMQ_PORT),
         "redis": listening_pids(REDIS_PORT),
     }
+
+
+def idle_cores(seconds: float) -> Cores:
+    """RabbitMQ's and Redis's CPU with nothing of ours running: the shared services' background."""
+    meter = CpuMeter({"rabbitmq": listening_pids(RABBITMQ_PORT), "redis": listening_pids(REDIS_PORT)})
+    meter.start()
+    time.sleep(seconds)
+    return meter.stop()
 
 
 def _worker_snapshot(stack: Stack) -> scrape.Snapshot:
@@ -131,12 +139,14 @@ def saturation(
     count: int,
     seconds: float,
     warmup: float,
+    concurrency: int | None = None,
 ) -> LoadRun:
-    """Cache misses at saturation for one worker layout (workers started and stopped here)."""
+    """Cache misses at saturation for one worker layout (workers started and stopped here); by default
+    ``2 x workers x MAX_BATCH`` clients (at least 16): every worker's prefetch kept full."""
     stack.flush_redis()
     stack.start_workers(model, layout.workers, layout.threads, max_batch, prefetch=2 * max_batch)
     try:
-        concurrency = max(16, 2 * layout.workers * max_batch)
+        concurrency = concurrency or max(16, 2 * layout.workers * max_batch)
         result = drive(
             stack,
             photo_dir,
@@ -206,32 +216,33 @@ def one_client(stack: Stack, photo_dir: Path, *, first: int, count: int, seconds
     return OneClient(miss=miss, hit=hit, redis_rtt_ms=rtt, breakdown_ms=parts)
 
 
-def cache_hits(stack: Stack, photo_paths: list[Path], *, connections: int, seconds: float) -> LoadRun:
-    """Requests/s and latency when every answer comes from Redis (the workers stay up, idle)."""
-    photo_dir = photo_paths[0].parent
-    first = int(photo_paths[0].stem.split("-")[1])
-    # Prime the cache: each photo once through the workers.
+def prime_cache(stack: Stack, photo_paths: list[Path]) -> None:
+    """Each photo once through the workers (one client), so that from now on it is a cache hit."""
     drive(
         stack,
-        photo_dir,
-        first=first,
+        photo_paths[0].parent,
+        first=int(photo_paths[0].stem.split("-")[1]),
         count=len(photo_paths),
         concurrency=1,
         seconds=max(1.0, 0.15 * len(photo_paths)),
         warmup=0.0,
     )
-    g0 = _gateway_snapshot(stack)
+
+
+def cache_hits(stack: Stack, photo_paths: list[Path], *, connections: int, seconds: float) -> LoadRun:
+    """Requests/s and latency when every answer comes from Redis (:func:`prime_cache` first; the workers
+    stay up, idle), through the stack's gateway processes (one or several on one port)."""
     result = drive(
         stack,
-        photo_dir,
-        first=first,
+        photo_paths[0].parent,
+        first=int(photo_paths[0].stem.split("-")[1]),
         count=len(photo_paths),
         concurrency=connections,
         seconds=seconds,
         warmup=1.0,
     )
-    result.tool = "perf.loadgen (aiohttp, 1 process)"
-    gd = scrape.delta(_gateway_snapshot(stack), g0)
-    hits, misses = gd.get("gateway_cache_hits_total", 0.0), gd.get("gateway_cache_misses_total", 0.0)
-    result.hit_ratio = hits / (hits + misses) if hits + misses else float("nan")
+    result.gateway_processes = len(stack.gateways)
+    # From the answers themselves ("cached": true), whichever of several gateway processes gave them.
+    answered = (result.statuses or {}).get("200", 0)
+    result.hit_ratio = (result.cached or 0) / answered if answered else float("nan")
     return result

@@ -102,6 +102,10 @@ def top(raw: Path, n: int = 12) -> Profile:
         "Handle._run",
         "_worker (thread.py",
         "main (",
+        "run_app (",
+        "Runner.run (",
+        "run (runners.py",
+        "_WorkItem.run (",
     )
     return Profile(
         samples=total,

@@ -61,6 +61,9 @@ class LoadRun:
     tool: str | None = None  # cache hits: which generator drove them
     errors: int | None = None
     hit_ratio: float | None = None
+    cached: int | None = None  # answers marked "cached" among the window's 200s (perf.loadgen)
+    gateway_processes: int | None = None  # cache hits: GATEWAY_PROCESSES on the port it drove
+    cpu_ms_per_request: dict[str, float] | None = None  # cache misses: each part's CPU / answered
 
 
 @dataclass
@@ -108,6 +111,11 @@ class PipelineRound:
     statuses: dict[str, int]
     others_cores: float | None = None
     workers_cores: float | None = None
+    rps_window: float | None = None  # answers counted within the window (the CPU's window)
+    cpu_cores: Cores | None = None  # workers, gateway, rabbitmq, redis, loadgen, others
+    # CPU ms per answered request of each part (perf.stats.cpu_ms_per_request: cpu_cores / rps_window;
+    # RabbitMQ's and Redis's idle CPU, Results.idle_cores, subtracted)
+    cpu_ms_per_request: dict[str, float] | None = None
 
 
 @dataclass
@@ -130,6 +138,8 @@ class Rounds:
     e2e: list[PipelineRound]
     ceiling_best: float
     e2e_best: float
+    model: str | None = None  # the model file (older runs: ResNet50, named by the key)
+    clients: int | None = None  # the pipeline's closed-loop clients
 
 
 @dataclass
@@ -243,6 +253,7 @@ class Profile:
     threads: list[tuple[str, float]]
     self: list[tuple[str, float]]
     inclusive: list[tuple[str, float]]
+    load: str | None = None  # what ran meanwhile (older runs: int8 ResNet50 cache misses, 1x2)
 
 
 @dataclass
@@ -296,24 +307,31 @@ def _option(default: Any, help: str = "", cli_default: Any = None) -> Any:
     return field(default=default, metadata={"help": help, "cli_default": cli_default})
 
 
+# The parts of a run that --only can pick (perf.bench).
+PARTS = ("seed", "agreement", "resnet50", "lite0", "broker-rtt", "hits", "stress", "profile", "scale-out")
+
+
 @dataclass
 class Args:
     """``perf.bench``'s options (its command line is built from these fields), as the run used them."""
 
-    seconds: float = _option(6.0, "measured window of each pipeline round")
+    seconds: float = _option(5.0, "measured window of each pipeline round")
     warmup: float = _option(2.0, "excluded warm-up before each window")
     ceiling_seconds: float = _option(2.5, "window per configuration in the ceiling's layout/batch sweep")
     rounds: int = _option(
         3, "alternating ceiling / pipeline rounds per model for the ratio (best of each side)"
     )
-    round_ceiling_seconds: float = _option(6.0, "ceiling window per round")
+    round_ceiling_seconds: float = _option(5.0, "ceiling window per round")
     sweep_seconds: float = _option(
-        5.0, "measured window of the pipeline's layout sweep (the rounds use --seconds)"
+        4.0, "measured window of the pipeline's layout sweep (the rounds use --seconds)"
     )
     seed_seconds: float = _option(3.0, "per seed round")
-    one_client_seconds: float = 5.0
-    hit_seconds: float = 5.0
-    hit_connections: int = 4
+    one_client_seconds: float = 4.0
+    hit_seconds: float = _option(3.0, "window of each cache-hit run")
+    hit_connections: int = _option(8, "connections of the cache-hit runs (1 and 2 gateway processes alike)")
+    hit_rounds: int | None = _option(
+        None, "alternating cache-hit rounds per gateway process count (1, 2, 2, 1, ...; best of each)", 2
+    )
     stress_seconds: float = 4.0
     stress_users: list[int] = field(default_factory=lambda: [1, 8, 32, 128, 384])
     wait_quiet: float = _option(
@@ -325,10 +343,20 @@ class Args:
         None, "back-to-back rounds of the seed's way (its best counts: TensorFlow speeds up as it warms)", 3
     )
     scale_out_seconds: float | None = _option(
-        None, "window per point of the scale-out part (perf.scale_out: 1, 2, ... workers)", 5.0
+        None, "window per point of the scale-out part (perf.scale_out: 1, 2, ... workers)", 4.0
     )
     scale_out_rounds: int | None = _option(
         None, "alternating rounds of the scale-out part (0: leave it out)", 1
+    )
+    only: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": f"run only these parts ({', '.join(PARTS)}): a partial run, for trying them out; its "
+            "results and report go to perf/.run/bench-<stamp>/, not perf/results/ nor perf/REPORT.md",
+            "cli_default": [],
+            "item": str,
+            "choices": PARTS,
+        },
     )
 
 
@@ -342,13 +370,18 @@ class Results:
     machine: Machine
     photos: Photos
     settings: dict[str, str]
-    seed: Seed
-    agreement: dict[str, Agreement]
-    ceiling: dict[str, Ceiling]
-    e2e: dict[str, dict[str, LoadRun]]  # model -> layout -> run
-    one_client: dict[str, OneClient]
-    rounds: dict[str, Rounds]
-    cache_hits: LoadRun
+    # A part a partial run (--only) left out is None or empty; a full run has them all.
+    seed: Seed | None = None
+    agreement: dict[str, Agreement] = field(default_factory=dict)
+    ceiling: dict[str, Ceiling] = field(default_factory=dict)  # ResNet50: "fp32", "int8"
+    e2e: dict[str, dict[str, LoadRun]] = field(default_factory=dict)  # model -> layout -> run
+    one_client: dict[str, OneClient] = field(default_factory=dict)
+    # ResNet50 "fp32", "int8" (their ceiling's best layout); EfficientNet-Lite0 "lite0-fp32", "lite0-int8"
+    rounds: dict[str, Rounds] = field(default_factory=dict)
+    cache_hits: LoadRun | None = None  # one gateway process: its best round
+    cache_hits_2p: LoadRun | None = None  # two gateway processes on one port: their best round
+    cache_hit_rounds: list[LoadRun] | None = None  # every cache-hit round, in the order run
+    idle_cores: Cores | None = None  # RabbitMQ and Redis with no load of ours, before the pipeline runs
     duration_s: float = math.nan
     phases_s: dict[str, float] | None = None
     waited_for_quiet_s: float | None = None

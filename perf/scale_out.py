@@ -34,10 +34,11 @@ from pathlib import Path
 
 from perf import photos, pipeline
 from perf.paths import REPO_ROOT, RUN_DIR
+from perf.pipeline import idle_cores
 from perf.report import scale_out_text
-from perf.results import Cores, ScaleOut, ScalePoint, to_dict
-from perf.services import RABBITMQ_PORT, REDIS_PORT, Stack, management_get
-from perf.stats import CpuMeter, listening_pids
+from perf.results import ScaleOut, ScalePoint, to_dict
+from perf.services import Stack, management_get
+from perf.stats import cpu_ms_per_request
 
 LITE0 = REPO_ROOT / "models" / "efficientnet-lite0.onnx"
 POOL_SIZE = 1500  # distinct photos; Redis is flushed before each point, so a point may use them all
@@ -65,21 +66,6 @@ def queue_type(name: str) -> str:
     return str(info.get("type", "?")) if isinstance(info, dict) else "?"
 
 
-def idle_cores(seconds: float) -> Cores:
-    """RabbitMQ's and Redis's CPU with nothing of ours running: the shared services' background."""
-    meter = CpuMeter({"rabbitmq": listening_pids(RABBITMQ_PORT), "redis": listening_pids(REDIS_PORT)})
-    meter.start()
-    time.sleep(seconds)
-    return meter.stop()
-
-
-def per_request_ms(cpu: Cores, rps: float) -> dict[str, float]:
-    """CPU milliseconds per answered request of each part: cores / (requests per second)."""
-    if rps <= 0:
-        return {part: float("nan") for part in PARTS}
-    return {part: round(cpu.get(part, 0.0) / rps * 1000, 3) for part in PARTS}
-
-
 def measure_point(
     stack: Stack, photo_dir: Path, workers: int, *, max_batch: int, seconds: float, warmup: float, round_: int
 ) -> ScalePoint:
@@ -105,7 +91,7 @@ def measure_point(
         p95_ms=round(run.latency_ms.p95 or float("nan"), 1),
         statuses=run.statuses or {},
         cpu_cores=run.cpu_cores,
-        cpu_ms_per_request=per_request_ms(run.cpu_cores, rps),
+        cpu_ms_per_request=cpu_ms_per_request(run.cpu_cores, rps, PARTS),
         load_avg=load,
         wrapped=bool(run.wrapped),
     )
@@ -147,9 +133,7 @@ def run(
     finally:
         stack.close()
     broker = statistics.median(
-        max(0.0, p.cpu_cores.get("rabbitmq", 0.0) - idle.get("rabbitmq", 0.0)) / p.rps * 1000
-        for p in points
-        if p.rps > 0
+        cpu_ms_per_request(p.cpu_cores, p.rps, ["rabbitmq"], idle)["rabbitmq"] for p in points if p.rps > 0
     )
     gateway = statistics.median(p.cpu_ms_per_request["gateway"] for p in points if p.rps > 0)
     return ScaleOut(

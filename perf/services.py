@@ -16,6 +16,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +27,8 @@ from common.contract import model_announcement_key
 
 # The test suite's subprocess wrapper: a log file each, SIGTERM then SIGKILL.
 from devtools.processes import ServiceProcess as Service
-from devtools.processes import free_port, http_ok, service_env
+from devtools.processes import free_port, http_ok, service_env, start_gateway
+from perf.stats import listening_pids
 
 RABBITMQ_URL = os.environ.get("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 RABBITMQ_API = os.environ.get("RABBITMQ_API", "http://127.0.0.1:15672")
@@ -35,13 +38,35 @@ RABBITMQ_PORT = urllib.parse.urlparse(RABBITMQ_URL).port or 5672
 REDIS_PORT = urllib.parse.urlparse(REDIS_BASE).port or 6379
 
 
+def start_gateways(
+    env: dict[str, object], processes: int, log_dir: Path, name: str = "gateway"
+) -> list[Service]:
+    """``processes`` gateway processes on ``env["PORT"]``: with more than one, ``GATEWAY_PROCESSES`` makes
+    each bind the port with SO_REUSEPORT and the kernel spreads new connections among them. Returns
+    once every one of them listens (the port answering is not enough: the first answers for all)."""
+    env = {**env, "GATEWAY_PROCESSES": processes}
+    names = [name] if processes == 1 else [f"{name}{i}" for i in range(processes)]
+    port, started = int(str(env["PORT"])), []
+    try:
+        for n in names:
+            started.append(start_gateway(env, log_dir, name=n))
+        for g in started:
+            g.wait_until(lambda g=g: g.pid in listening_pids(port), 30, f"listening on {port}")
+    except BaseException:
+        for g in started:
+            g.terminate()
+        raise
+    return started
+
+
 @dataclass
 class Stack:
-    """A gateway and its workers on a queue of their own."""
+    """A gateway (one or several processes on one port) and its workers on a queue of their own."""
 
     run_dir: Path
     queue: str = field(default_factory=lambda: f"perf.{time.strftime('%Y%m%d-%H%M%S')}.{os.getpid()}")
-    gateway: Service | None = None
+    gateway: Service | None = None  # the first (or only) gateway process
+    gateways: list[Service] = field(default_factory=list)  # every gateway process on ``port``
     workers: list[Service] = field(default_factory=list)
     worker_metrics_ports: list[int] = field(default_factory=list)
     port: int = 0
@@ -71,16 +96,30 @@ class Stack:
             client.set(key, announcement, ex=90)
         client.close()
 
-    def start_gateway(self, **env: object) -> Service:
+    def start_gateway(self, processes: int = 1, **env: object) -> Service:
+        """``processes`` gateway processes on a free port (``GATEWAY_PROCESSES``); the first one."""
         self.port = free_port()
-        self.gateway = Service(
-            "gateway",
-            [sys.executable, "-m", "gateway"],
-            self._env(PORT=self.port, **env),
-            self.run_dir / "gateway.log",
-        )
-        self.gateway.wait_until(lambda: http_ok(f"{self.base_url}/health/live"), 60, "/health/live")
+        name = "gateway" if processes == 1 else f"gateway-{processes}p-"
+        self.gateways = start_gateways(self._env(PORT=self.port, **env), processes, self.run_dir, name)
+        self.gateway = self.gateways[0]
         return self.gateway
+
+    def stop_gateway(self) -> None:
+        for g in self.gateways:
+            g.terminate()
+        self.gateways, self.gateway = [], None
+
+    @contextmanager
+    def gateway_processes(self, processes: int) -> Iterator[None]:
+        """Serve through ``processes`` new gateway processes on a port of their own meanwhile (same queue,
+        same Redis db); then stop them and serve through the gateway before (idle meanwhile) again."""
+        before = self.port, self.gateway, self.gateways
+        self.start_gateway(processes)
+        try:
+            yield
+        finally:
+            self.stop_gateway()
+            self.port, self.gateway, self.gateways = before
 
     def start_workers(
         self,
@@ -143,9 +182,7 @@ class Stack:
 
     def close(self) -> None:
         self.stop_workers()
-        if self.gateway is not None:
-            self.gateway.terminate()
-            self.gateway = None
+        self.stop_gateway()
         delete_queues(self.queue)
         shutil.rmtree(self.run_dir / "uploads", ignore_errors=True)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
 
-from perf.results import Latency
+from perf.results import Cores, Latency
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -82,6 +82,26 @@ class CpuMeter:
         machine = (machine_busy_seconds() - self._machine0) / elapsed
         usage["others"] = round(max(0.0, machine - sum(usage.values())), 3)
         return usage
+
+
+def cpu_ms_per_request(
+    cores: Cores, rps: float, parts: Sequence[str], idle: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """CPU milliseconds per answered request of each part over one window: (cores - idle cores) / rps.
+
+    ``cores`` is what :class:`CpuMeter` measured over the window, ``rps`` the requests answered in that
+    same window per second; ``idle`` is a part's CPU with no load of ours (a shared RabbitMQ node's or
+    Redis's background, measured before), subtracted and floored at 0. NaN where nothing was answered
+    or the part was not measured.
+    """
+    idle = idle or {}
+    out = {}
+    for part in parts:
+        if rps <= 0 or part not in cores:
+            out[part] = math.nan
+        else:
+            out[part] = round(max(0.0, cores[part] - idle.get(part, 0.0)) / rps * 1000, 3)
+    return out
 
 
 def listening_pids(port: int) -> list[int]:
