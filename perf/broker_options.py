@@ -1,0 +1,177 @@
+"""RabbitMQ's CPU per job for the ways a job could cross the broker, side by side.
+
+Nothing of ours but the broker: a requester publishes jobs (publisher confirms, ``mandatory``, the
+real headers and an ``expiration``) to a queue declared for this run, a responder consumes them
+(prefetch 16), publishes a ~400-byte reply to the requester's reply queue and acks. psutil reads the
+CPU time of every ``beam.smp`` listening on ``--ports`` over each variant's window; divided by the
+jobs done, that is the broker's CPU per job. Variants run in alternating rounds (the host drifts);
+each keeps its lowest round. ``--pace-s`` makes each of the 16 requesters wait between jobs, to
+measure at the rate the system really runs (a broker's CPU per job is higher at a low rate: fewer
+jobs share each write to its log and each wake-up).
+
+The variants (``--variants`` picks some):
+
+- ``inline``: the ~100 KB photo in the message body, the reply published with a confirm (before issue 13);
+- ``claim``: the claim check (an empty body; the image waits in Redis), the reply without a confirm (now);
+- ``claim-confirmed``: the claim check, the reply with a confirm;
+- ``inline-unconfirmed``: the photo in the body, the reply without a confirm;
+- ``claim-batch-acks``: the claim check, and the responder acks 8 jobs at a time (``multiple``);
+- ``classic``: the claim check on a classic queue (no delivery limit, no replication: a reference only).
+
+    python -m perf.broker_options --jobs 960 --pace-s 0.15 --rounds 2
+    python -m perf.broker_options --url amqp://guest:guest@127.0.0.1:5681/ --ports 5681 5682 5683 --group-size 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import aio_pika
+import psutil
+from aio_pika.abc import AbstractIncomingMessage
+
+from devtools.processes import REPO_ROOT
+from perf.stats import listening_pids
+
+PHOTO = (REPO_ROOT / "tests" / "data" / "coffee.jpg").read_bytes()
+REPLY = b'{"ok":true,"sha256":"' + b"a" * 64 + b'","top":[' + b'{"label":"espresso","score":0.5},' * 5 + b"]}"
+CLIENTS = 16
+ACK_EVERY = 8
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way a job crosses the broker."""
+
+    body: bytes
+    reply_confirmed: bool
+    queue_type: str = "quorum"
+    ack_every: int = 1
+
+
+VARIANTS = {
+    "inline": Variant(PHOTO, reply_confirmed=True),
+    "claim": Variant(b"", reply_confirmed=False),
+    "claim-confirmed": Variant(b"", reply_confirmed=True),
+    "inline-unconfirmed": Variant(PHOTO, reply_confirmed=False),
+    "claim-batch-acks": Variant(b"", reply_confirmed=False, ack_every=ACK_EVERY),
+    "classic": Variant(b"", reply_confirmed=False, queue_type="classic"),
+}
+
+
+def broker_cpu_s(processes: list[psutil.Process]) -> float:
+    return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
+
+
+async def run(variant: Variant, args: argparse.Namespace, beam: list[psutil.Process]) -> tuple[float, float]:
+    """(broker CPU ms per job, jobs per second) of one window."""
+    queue_name = f"perf.options.{uuid.uuid4().hex[:8]}"
+    requester = await aio_pika.connect(args.url)
+    responder = await aio_pika.connect(args.url)
+    try:
+        channel = await requester.channel(publisher_confirms=True)
+        arguments: dict[str, object] = {"x-queue-type": variant.queue_type}
+        if variant.queue_type == "quorum":
+            arguments |= {
+                "x-quorum-initial-group-size": args.group_size,
+                "x-delivery-limit": 3,
+                "x-max-length": 256,
+                "x-overflow": "reject-publish",
+            }
+        await channel.declare_queue(queue_name, durable=True, arguments=arguments)
+        waiting: dict[str, asyncio.Future[bytes]] = {}
+
+        async def on_reply(message: AbstractIncomingMessage) -> None:
+            future = waiting.pop(message.correlation_id or "", None)
+            if future is not None and not future.done():
+                future.set_result(message.body)
+
+        reply_queue = await channel.declare_queue(f"{queue_name}.reply", exclusive=True, auto_delete=True)
+        await reply_queue.consume(on_reply, no_ack=True)
+
+        answer = await responder.channel(publisher_confirms=variant.reply_confirmed)
+        await answer.set_qos(prefetch_count=16)
+        held: list[AbstractIncomingMessage] = []
+
+        async def on_job(message: AbstractIncomingMessage) -> None:
+            await answer.default_exchange.publish(
+                aio_pika.Message(REPLY, correlation_id=message.correlation_id),
+                routing_key=message.reply_to or "",
+            )
+            held.append(message)
+            if len(held) >= variant.ack_every:
+                last = held[-1]
+                held.clear()
+                await last.ack(multiple=variant.ack_every > 1)
+
+        await (await answer.get_queue(queue_name, ensure=False)).consume(on_job)
+
+        async def one_job() -> None:
+            correlation_id = uuid.uuid4().hex
+            future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            waiting[correlation_id] = future
+            headers = {"sha256": "a" * 64, "deadline_ms": 2**62, "top_k": 5}
+            if not variant.body:
+                headers["image_in_redis"] = True
+            message = aio_pika.Message(
+                variant.body,
+                correlation_id=correlation_id,
+                reply_to=reply_queue.name,
+                expiration=10,
+                headers=headers,
+            )
+            await channel.default_exchange.publish(message, routing_key=queue_name, mandatory=True)
+            await future
+
+        async def client(jobs: int) -> None:
+            for _ in range(jobs):
+                await one_job()
+                if args.pace_s:
+                    await asyncio.sleep(args.pace_s)
+
+        for _ in range(ACK_EVERY * 4):  # warm up, a whole number of ack batches
+            await one_job()
+        per_client = args.jobs // CLIENTS // ACK_EVERY * ACK_EVERY
+        cpu0, t0 = broker_cpu_s(beam), time.perf_counter()
+        await asyncio.gather(*(client(per_client) for _ in range(CLIENTS)))
+        elapsed, cpu1 = time.perf_counter() - t0, broker_cpu_s(beam)
+        done = per_client * CLIENTS
+        await channel.queue_delete(queue_name)
+        return (cpu1 - cpu0) / done * 1000, done / elapsed
+    finally:
+        await responder.close()
+        await requester.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="amqp://guest:guest@127.0.0.1:5672/")
+    parser.add_argument("--ports", type=int, nargs="+", default=[5672], help="the broker nodes' AMQP ports")
+    parser.add_argument("--group-size", type=int, default=1, help="x-quorum-initial-group-size")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--jobs", type=int, default=1536)
+    parser.add_argument("--pace-s", type=float, default=0.0, help="each requester's pause between jobs")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    beam = [psutil.Process(pid) for port in args.ports for pid in listening_pids(port)]
+    assert beam, f"no RabbitMQ node listens on {args.ports}"
+    results: dict[str, list[float]] = {name: [] for name in args.variants}
+    for round_ in range(1, args.rounds + 1):
+        for name in args.variants:
+            ms, rate = await run(VARIANTS[name], args, beam)
+            results[name].append(ms)
+            print(
+                f"round {round_} {name:20s} {ms:.3f} ms of broker CPU per job, {rate:.0f} jobs/s", flush=True
+            )
+    for name, values in results.items():
+        print(
+            f"{name:20s} lowest {min(values):.3f} ms of broker CPU per job ({', '.join(f'{v:.3f}' for v in values)})"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
