@@ -17,7 +17,7 @@ import psutil
 
 from tests.support import rabbitmq_api
 from tests.support.load import LoadResult, run_load
-from tests.support.metrics import wait_for_worker_jobs
+from tests.support.metrics import scrape, total, wait_for_worker_jobs
 
 DEADLINE_S = 6
 
@@ -129,6 +129,10 @@ async def test_redis_stopped_and_started_under_load(private_redis, gateway, work
 
     assert_all_answered(result)
     assert set(result.statuses) == {200}, "predictions must go on without the cache"
+    # Images went through Redis while it was up, and in the messages while it was not.
+    samples = await asyncio.to_thread(scrape, f"{gw.base_url}/metrics")
+    assert total(samples, "gateway_jobs_sent_total", image="redis") > 0, samples
+    assert total(samples, "gateway_jobs_sent_total", image="message") > 0, samples
     # The cache came back by itself: the same photo is answered from it again.
     async with aiohttp.ClientSession() as session:
         for _ in range(2):
