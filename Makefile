@@ -20,7 +20,8 @@ test: setup-dev services system-packages models
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The benchmark (perf/REPORT.md): makes its own ResNet50 random-weight models once; under 10 minutes.
-bench: services
+# system-packages: wrk, which drives its cache hits.
+bench: services system-packages
 	scripts/setup_venv.sh perf
 	$(PY) -m perf.bench $(BENCH_ARGS)
 

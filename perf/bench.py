@@ -17,7 +17,8 @@
    CPU per answered request of the workers, the gateway, RabbitMQ, Redis and the load generator;
 7. the bare broker round trip of one job (:mod:`perf.broker_rtt`), the floor under one client's latency;
 8. cache hits through one gateway process and through two on one port (GATEWAY_PROCESSES=2),
-   alternating ``--hit-rounds`` rounds;
+   alternating ``--hit-rounds`` rounds, driven by wrk (:mod:`perf.wrk`; perf.loadgen where wrk is not
+   on PATH, as the log and the report say);
 9. stress points with locust (:mod:`perf.stress`), unless ``--no-stress``;
 10. py-spy profiles of the gateway and a worker under Lite0 fp32 cache misses (:mod:`perf.profile`),
     unless ``--no-profile``;
@@ -54,7 +55,7 @@ import psutil
 from common.cpu import VNNI_FLAGS, this_cpu
 from common.model_file import model_version
 from common.settings import Settings
-from perf import photos, pipeline, plots, profile, report, results, stress
+from perf import photos, pipeline, plots, profile, report, results, stress, wrk
 from perf.ceiling import run_layout
 from perf.paths import (
     FP32_MODEL,
@@ -430,6 +431,12 @@ def hits(b: Bench, pool: list[Path]) -> list[LoadRun]:
     """Cache hits through one gateway process and through two on one port (GATEWAY_PROCESSES=2), in
     alternating rounds (1, 2, 2, 1, ...); the same photos, primed once through a Lite0 int8 worker."""
     stack, photo_paths = b.stack, pool[-HIT_PHOTOS:]
+    use_wrk = wrk.available()
+    if use_wrk:
+        log(f"cache hits: driven by {wrk.TOOL} (perf.wrk)")
+    else:
+        log("cache hits: wrk is not on PATH (scripts/ensure_system_packages.sh installs it): falling back to "
+            "perf.loadgen, whose own CPU caps what the gateways show on these cores")  # fmt: skip
     stack.flush_redis()
     stack.start_workers(LITE0[1], 1, 1, 8, 16)  # primes the cache, then idles (its model stays announced)
     runs: list[LoadRun] = []
@@ -439,16 +446,23 @@ def hits(b: Bench, pool: list[Path]) -> list[LoadRun]:
         for processes, group in itertools.groupby(counts):
             with stack.gateway_processes(processes) if processes > 1 else nullcontext():
                 for _ in group:
-                    r = pipeline.cache_hits(
-                        stack, photo_paths, connections=b.args.hit_connections, seconds=b.args.hit_seconds
-                    )
+                    r = pipeline.cache_hits(stack, photo_paths, connections=b.args.hit_connections,
+                                            seconds=b.args.hit_seconds, use_wrk=use_wrk)  # fmt: skip
+                    if not use_wrk:  # "perf.loadgen (aiohttp on uvloop, 1 process; wrk not on PATH)"
+                        tool = r.tool or "perf.loadgen"
+                        r.tool = (
+                            f"{tool[:-1]}; wrk not on PATH)"
+                            if tool.endswith(")")
+                            else f"{tool} (wrk not on PATH)"
+                        )
                     r.cpu_ms_per_request = cpu_ms_per_request(
                         r.cpu_cores, r.rps_window or 0.0, ("gateway", "redis", "loadgen"), b.idle
                     )
                     runs.append(r)
                     log(
                         f"cache hits, {processes} gateway process(es): {r.rps:.0f} req/s, p50 "
-                        f"{r.latency_ms.p50:.2f} ms, hit ratio {r.hit_ratio:.3f}; cores {r.cpu_cores}"
+                        f"{r.latency_ms.p50:.2f} ms, hit ratio {r.hit_ratio:.3f}, statuses {r.statuses}; "
+                        f"cores {r.cpu_cores}"
                     )
     finally:
         stack.stop_workers()

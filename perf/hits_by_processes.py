@@ -4,7 +4,7 @@ Starts one worker (to prime the cache), one gateway on port A and two gateway pr
 sharing port B (SO_REUSEPORT), all on a private queue; then drives each port in turn with
 wrk (C, one thread) posting the test photos, which are cache hits after the first round.
 Prints one line per run and a summary (median req/s, p50) with the load average, since the
-machine may be shared. Needs ``wrk`` on PATH (Debian: apt-get install wrk).
+machine may be shared. Needs ``wrk`` on PATH (:mod:`perf.wrk`; Debian: apt-get install wrk).
 
 ``python -m perf.hits_by_processes --rounds 3 --seconds 8 --connections 8``
 """
@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import tempfile
 import time
 import urllib.request
@@ -25,53 +23,11 @@ from pathlib import Path
 import psutil
 
 from devtools.processes import REPO_ROOT, free_port, http_ok, start_worker
-from perf.loadgen import BOUNDARY, multipart
+from perf import wrk
+from perf.loadgen import BOUNDARY
 from perf.services import delete_queues, start_gateways
 
 PHOTOS = sorted((REPO_ROOT / "tests" / "data").glob("*.jpg"))
-WRK_SCRIPT = """
-local bodies = {}
-local n = 0
-init = function(args)
-  for i, path in ipairs(args) do
-    local f = io.open(path, "rb"); bodies[i] = f:read("*a"); f:close()
-  end
-end
-request = function()
-  n = n % #bodies + 1
-  return wrk.format("POST", "/predict",
-    {["Content-Type"] = "multipart/form-data; boundary=BOUNDARY"}, bodies[n])
-end
-"""
-UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def wrk(url: str, bodies: list[Path], script: Path, connections: int, seconds: int) -> dict[str, float]:
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t1",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--latency",
-            "-s",
-            str(script),
-            url,
-            "--",
-            *map(str, bodies),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    value, unit = re.search(r"^\s+50%\s+([\d.]+)(us|ms|s)$", out, re.MULTILINE).groups()
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "rps": rps,
-        "p50_ms": float(value) * UNITS_MS[unit],
-        "non_2xx": int(errors.group(1)) if errors else 0,
-    }
 
 
 def main() -> None:
@@ -93,13 +49,7 @@ def main() -> None:
         "UPLOAD_DIR": work / "uploads",
         "FEEDBACK_CSV": work / "feedback.csv",
     }
-    bodies = []
-    for photo in PHOTOS:
-        path = work / f"{photo.stem}.multipart"
-        path.write_bytes(multipart(photo.read_bytes(), photo.name))
-        bodies.append(path)
-    script = work / "hits.lua"
-    script.write_text(WRK_SCRIPT.replace("BOUNDARY", BOUNDARY))
+    bodies, script = wrk.prepare(PHOTOS, work)
     started = []
     try:
         worker = start_worker({**env, "WORKER_METRICS_PORT": free_port()}, work)
@@ -129,7 +79,10 @@ def main() -> None:
             for name, port in ports.items():
                 cpu0 = sum(sum(p.cpu_times()[:2]) for p in gateways[name])
                 load = os.getloadavg()[0]
-                run = wrk(f"http://127.0.0.1:{port}/predict", bodies, script, args.connections, args.seconds)
+                out = wrk.run(
+                    f"http://127.0.0.1:{port}/predict", bodies, script, args.connections, args.seconds
+                )
+                run = {"rps": out.rps, "p50_ms": out.percentiles_ms[50], "non_2xx": out.non_2xx}
                 run["gateway_cores"] = (
                     sum(sum(p.cpu_times()[:2]) for p in gateways[name]) - cpu0
                 ) / args.seconds

@@ -8,13 +8,16 @@ Phases (each on photos the cache has not seen, unless it measures hits):
 - :func:`one_client`: one client, cache misses: p50/p95 and where the time goes.
 - :func:`cache_hits`: the same few photos over and over, answered from Redis.
 
-Every phase is driven by :mod:`perf.loadgen` in a process of its own.
+Every phase is driven by :mod:`perf.loadgen` in a process of its own, but cache hits: those by wrk
+(:mod:`perf.wrk`, C, one thread) where it is on PATH, since the Python generator's own CPU would cap
+what the gateway processes show on a few shared cores.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import redis
 
-from perf import scrape
+from perf import scrape, wrk
 from perf.paths import REPO_ROOT
 from perf.results import Cores, LoadRun, OneClient, WorkerStats, from_dict
 from perf.services import RABBITMQ_PORT, REDIS_PORT, Stack
@@ -229,20 +232,100 @@ def prime_cache(stack: Stack, photo_paths: list[Path]) -> None:
     )
 
 
-def cache_hits(stack: Stack, photo_paths: list[Path], *, connections: int, seconds: float) -> LoadRun:
+def gateway_process_snapshots(stack: Stack, tries_per_process: int = 25) -> dict[int, scrape.Snapshot] | None:
+    """Every gateway process's ``/metrics``, by pid. Several processes share the port (SO_REUSEPORT): each
+    scrape is a new connection, which the kernel hands to one of them (``gateway_process_info`` says
+    which), so scrape until each has answered once; None if one never did."""
+    want = {g.pid for g in stack.gateways}
+    seen: dict[int, scrape.Snapshot] = {}
+    for _ in range(tries_per_process * len(want)):
+        snap = scrape.scrape(f"{stack.base_url}/metrics")
+        pid = next((int(m.group(1)) for k in snap if (m := _PROCESS_PID.match(k))), None)
+        if pid in want:
+            seen.setdefault(pid, snap)
+        if len(seen) == len(want):
+            return seen
+    return None
+
+
+_PROCESS_PID = re.compile(r"gateway_process_info\{pid=(\d+)")
+_PREDICT_REQUESTS = "gateway_requests_total{method=POST,route=/predict,"
+
+
+def hits_and_requests(
+    after: dict[int, scrape.Snapshot], before: dict[int, scrape.Snapshot]
+) -> tuple[float, float]:
+    """Cache hits and ``POST /predict`` requests (any status) the gateway processes counted in between."""
+    hits = requests = 0.0
+    for pid, snap in after.items():
+        d = scrape.delta(snap, before[pid])
+        hits += d.get("gateway_cache_hits_total", 0.0)
+        requests += sum(v for k, v in d.items() if k.startswith(_PREDICT_REQUESTS))
+    return hits, requests
+
+
+def drive_wrk(
+    stack: Stack, photo_paths: list[Path], *, connections: int, seconds: float, warmup: float
+) -> LoadRun:
+    """One run of wrk (:mod:`perf.wrk`) posting ``photo_paths`` in turn, after a warm-up run of its own
+    (not recorded), with the CPU of every process over its window (wrk's as the load generator's) and the
+    cache hits the gateway processes counted meanwhile (wrk reads no bodies: ``hit_ratio`` is their
+    ``gateway_cache_hits_total`` over their ``POST /predict`` requests; NaN if a process did not answer
+    its ``/metrics``)."""
+    bodies, script = wrk.prepare(photo_paths, stack.run_dir / "wrk-hits")
+    url = stack.base_url + "/predict"
+    if warmup > 0:
+        wrk.run(url, bodies, script, connections, warmup)
+    before = gateway_process_snapshots(stack)
+    cmd = wrk.command(url, bodies, script, connections, seconds)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    meter = CpuMeter({**_service_pids(stack), "loadgen": [proc.pid]})
+    time.sleep(0.1)  # wrk connects and reads its bodies
+    meter.start()
+    time.sleep(max(0.5, round(seconds) - 0.3))
+    cpu = meter.stop()
+    out, err = proc.communicate(timeout=seconds + 60)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {err[-2000:]}")
+    # wrk's own report, kept beside the run's logs
+    (stack.run_dir / "wrk-hits" / f"{time.strftime('%H%M%S')}-{len(stack.gateways)}p.txt").write_text(out)
+    result = wrk.parse(out).load_run(connections, cpu.get("loadgen", math.nan))
+    result.cpu_cores = cpu
+    time.sleep(0.1)  # the requests wrk left in flight are counted as they end
+    after = gateway_process_snapshots(stack)
+    if before is not None and after is not None:
+        hits, requests = hits_and_requests(after, before)
+        result.cached = int(hits)
+        result.hit_ratio = hits / requests if requests else math.nan
+        g = scrape.add([scrape.delta(after[pid], before[pid]) for pid in after])
+        result.gateway_ms = scrape.mean_of(g, "gateway_request_duration_seconds", "route=/predict") * 1000
+    else:
+        result.hit_ratio = math.nan
+    return result
+
+
+def cache_hits(
+    stack: Stack, photo_paths: list[Path], *, connections: int, seconds: float, use_wrk: bool | None = None
+) -> LoadRun:
     """Requests/s and latency when every answer comes from Redis (:func:`prime_cache` first; the workers
-    stay up, idle), through the stack's gateway processes (one or several on one port)."""
-    result = drive(
-        stack,
-        photo_paths[0].parent,
-        first=int(photo_paths[0].stem.split("-")[1]),
-        count=len(photo_paths),
-        concurrency=connections,
-        seconds=seconds,
-        warmup=1.0,
-    )
+    stay up, idle), through the stack's gateway processes (one or several on one port); driven by wrk
+    (``use_wrk``; by default where it is on PATH), else by :mod:`perf.loadgen`. 1 s warm-up either way."""
+    if use_wrk is None:
+        use_wrk = wrk.available()
+    if use_wrk:
+        result = drive_wrk(stack, photo_paths, connections=connections, seconds=seconds, warmup=1.0)
+    else:
+        result = drive(
+            stack,
+            photo_paths[0].parent,
+            first=int(photo_paths[0].stem.split("-")[1]),
+            count=len(photo_paths),
+            concurrency=connections,
+            seconds=seconds,
+            warmup=1.0,
+        )
+        # From the answers themselves ("cached": true), whichever of several gateway processes gave them.
+        answered = (result.statuses or {}).get("200", 0)
+        result.hit_ratio = (result.cached or 0) / answered if answered else float("nan")
     result.gateway_processes = len(stack.gateways)
-    # From the answers themselves ("cached": true), whichever of several gateway processes gave them.
-    answered = (result.statuses or {}).get("200", 0)
-    result.hit_ratio = (result.cached or 0) / answered if answered else float("nan")
     return result

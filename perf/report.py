@@ -249,6 +249,8 @@ def _hits_detail(r: Results, h: LoadRun) -> str:
             f"; CPU ms per hit {_cpu_summary(h.cpu_ms_per_request)}: {r.machine.cores} cores carry "
             f"{bound:,.0f} req/s at most ({'out of reach' if bound < HITS_RPS else 'reachable'} here)"
         )
+    if h.errors:  # wrk: responses of 400 and above, and socket errors
+        text += f"; {h.errors} errors ({', '.join(f'{k} {v}' for k, v in (h.statuses or {}).items())})"
     one = r.cache_hits
     if h is not one and one is not None:
         text += f"; 1 process: {one.rps:.0f} req/s, p50 {one.latency_ms.p50:.2f} ms"

@@ -42,7 +42,8 @@ class WorkerStats:
 
 @dataclass
 class LoadRun:
-    """One ``perf.loadgen`` run, with the CPU and metrics deltas ``perf.pipeline.drive`` adds."""
+    """One ``perf.loadgen`` run (or, for cache hits, one wrk run: ``perf.wrk``), with the CPU and metrics
+    deltas ``perf.pipeline.drive`` (``drive_wrk``) adds."""
 
     concurrency: int
     rps: float
@@ -58,10 +59,12 @@ class LoadRun:
     gateway_ms: float | None = None
     layout: str | None = None
     max_batch: int | None = None
-    tool: str | None = None  # cache hits: which generator drove them
+    tool: str | None = None  # cache hits: which generator drove them ("wrk 1 thread", or perf.loadgen's)
     errors: int | None = None
     hit_ratio: float | None = None
-    cached: int | None = None  # answers marked "cached" among the window's 200s (perf.loadgen)
+    # answers marked "cached" among the window's 200s (perf.loadgen); with wrk, which reads no answers, the
+    # gateway processes' gateway_cache_hits_total over the run (perf.pipeline.drive_wrk)
+    cached: int | None = None
     gateway_processes: int | None = None  # cache hits: GATEWAY_PROCESSES on the port it drove
     cpu_ms_per_request: dict[str, float] | None = None  # cache misses: each part's CPU / answered
 
