@@ -2,7 +2,7 @@
 
 Starts one worker (to prime the cache), one gateway on port A and two gateway processes
 sharing port B (SO_REUSEPORT), all on a private queue; then drives each port in turn with
-wrk (C, one thread) posting the test photos, which are cache hits after the first round.
+wrk (C, one thread) posting 16 variants of the test photos, which are cache hits after the first round.
 Prints one line per run and a summary (median req/s, p50) with the load average, since the
 machine may be shared. Needs ``wrk`` on PATH (:mod:`perf.wrk`; Debian: apt-get install wrk).
 
@@ -28,6 +28,20 @@ from perf.loadgen import BOUNDARY
 from perf.services import delete_queues, start_gateways
 
 PHOTOS = sorted((REPO_ROOT / "tests" / "data").glob("*.jpg"))
+# More distinct images than connections: every request is a cache hit of its own. (With the three
+# photos alone over 8 connections, most requests joined an identical one in flight instead.)
+DISTINCT_PHOTOS = 16
+
+
+def distinct_photos(work: Path) -> list[Path]:
+    """DISTINCT_PHOTOS files: the test photos with a few bytes after their end (same pixels, new hash)."""
+    out = []
+    for i in range(DISTINCT_PHOTOS):
+        source = PHOTOS[i % len(PHOTOS)]
+        path = work / f"{source.stem}-{i}.jpg"
+        path.write_bytes(source.read_bytes() + f"variant {i}".encode())
+        out.append(path)
+    return out
 
 
 def main() -> None:
@@ -49,7 +63,7 @@ def main() -> None:
         "UPLOAD_DIR": work / "uploads",
         "FEEDBACK_CSV": work / "feedback.csv",
     }
-    bodies, script = wrk.prepare(PHOTOS, work)
+    bodies, script = wrk.prepare(distinct_photos(work), work)
     started = []
     try:
         worker = start_worker({**env, "WORKER_METRICS_PORT": free_port()}, work)
