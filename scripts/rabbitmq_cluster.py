@@ -169,11 +169,22 @@ def cluster_members(node: Node) -> list[str]:
 
 
 def join(node: Node, seed: Node) -> None:
+    """Join ``seed``'s cluster. A join whose restart fails (Mnesia refusing to start, seen on a busy
+    host) is tried once more from a reset node: a fresh node has no data to lose."""
     if seed.name in cluster_members(node):
         return
-    ctl(node, "stop_app")
-    ctl(node, "join_cluster", seed.name)
-    ctl(node, "start_app")
+    for attempt in (1, 2):
+        try:
+            ctl(node, "stop_app")
+            ctl(node, "join_cluster", seed.name)
+            ctl(node, "start_app")
+            break
+        except SystemExit as exc:
+            if attempt == 2:
+                raise
+            say(f"{node.name} did not join ({exc}); resetting it and joining again")
+            ctl(node, "stop_app", check=False)
+            ctl(node, "force_reset", check=False)
     wait_port(node.amqp_port, up=True, timeout=BOOT_TIMEOUT_S)
 
 
@@ -183,8 +194,8 @@ def start(nodes: list[Node]) -> None:
         list(pool.map(boot, nodes))
     booted = time.monotonic() - started
     seed = nodes[0]
-    with ThreadPoolExecutor(len(nodes) - 1) as pool:  # both join the seed at once
-        list(pool.map(lambda node: join(node, seed), nodes[1:]))
+    for node in nodes[1:]:  # one at a time, as RabbitMQ asks: concurrent joins race in Mnesia
+        join(node, seed)
     members = cluster_members(seed)
     expected = sorted(node.name for node in nodes)
     if members != expected:
