@@ -31,9 +31,10 @@ import aiohttp
 
 from devtools.processes import REPO_ROOT, ServiceProcess, free_port, http_ok, service_env, start_worker
 from perf.loadgen import BOUNDARY, multipart
+from perf.pipeline import idle_cores
 from perf.profile import PY_SPY
 from perf.services import RABBITMQ_PORT, REDIS_PORT, delete_queues
-from perf.stats import CpuMeter, listening_pids
+from perf.stats import CpuMeter, cpu_ms_per_request, listening_pids
 
 PARTS = ("gateway", "rabbitmq", "redis", "workers")
 
@@ -84,13 +85,6 @@ def variant_name(text: str) -> str:
     path, env = parse_variant(text)
     where = "this checkout" if path == REPO_ROOT else str(path)
     return where + "".join(f" {k}={v}" for k, v in env.items())
-
-
-def idle_cores(seconds: float) -> dict[str, float]:
-    meter = CpuMeter({"rabbitmq": listening_pids(RABBITMQ_PORT), "redis": listening_pids(REDIS_PORT)})
-    meter.start()
-    time.sleep(seconds)
-    return meter.stop()
 
 
 def main() -> None:
@@ -164,7 +158,7 @@ def main() -> None:
                     spy.send_signal(2)
                     spy.wait(30)
                 rps = args.requests / elapsed
-                ms = {part: max(0.0, cores[part] - idle.get(part, 0.0)) / rps * 1000 for part in PARTS}
+                ms = cpu_ms_per_request(cores, rps, PARTS, idle)
                 per_miss[name].append(ms)
                 print(
                     f"round {round_ + 1} gateway{i} ({name}): CPU ms per miss "
