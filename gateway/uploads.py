@@ -311,5 +311,11 @@ async def _read_multipart_file(request: web.Request, form: bytes, max_bytes: int
 
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
     # read_chunk() returns raw (still transfer-encoded) bytes: browsers never encode file parts.
-    while chunk := await part.read_chunk(CHUNK_SIZE):
+    while True:
+        try:
+            chunk = await part.read_chunk(CHUNK_SIZE)
+        except (ValueError, AssertionError) as exc:  # e.g. the body ends before the part's boundary
+            raise BadRequest(f"The multipart body is malformed: {exc}") from exc
+        if not chunk:
+            return
         yield chunk

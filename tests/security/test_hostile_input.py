@@ -85,6 +85,19 @@ async def test_empty_body_is_400(stack: Stack, baseline) -> None:
     )
 
 
+async def test_a_multipart_body_cut_before_its_closing_boundary_is_400(stack: Stack, photos) -> None:
+    """The body ends inside the file part: aiohttp's reader raises "Reading after EOF" (it was a 500)."""
+    cut = b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="p.jpg"\r\n\r\n'
+    cut += photos["coffee"].read_bytes() + b"\r\n"
+    await expect_error(
+        stack,
+        400,
+        "malformed",
+        data=cut,
+        headers={"Content-Type": "multipart/form-data; boundary=xyz"},
+    )
+
+
 async def test_no_file_field_is_400(stack: Stack, photos) -> None:
     await expect_error(stack, 400, "no file", data=form(photos["coffee"].read_bytes(), name="image"))
 
