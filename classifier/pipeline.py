@@ -17,8 +17,9 @@ The consumer (:mod:`classifier.consumer`) hands each delivery over as a
 2. :meth:`Pipeline.run`: takes a batch, awaits its decodes, runs ONE
    ``session.run`` in the inference thread, builds one reply per job.
 3. ``_settle`` (a task, so the next batch starts at once): publish every
-   reply, write the successes to Redis, *then* ack (or dead-letter). A job is
-   acknowledged only once its answer exists.
+   reply, write the successes to Redis, *then* dead-letter or requeue what
+   must be, and ack the rest together (:attr:`Pipeline.acknowledge`). A job
+   is acknowledged only once its answer exists.
 
 CPU work never runs on the event loop, so heartbeats and deliveries go on
 while a batch is being inferred: that is what fills the next batch under load.
@@ -31,7 +32,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -102,6 +103,15 @@ class Delivery(Protocol):
         ...
 
 
+Acknowledge = Callable[[Sequence[Delivery]], Awaitable[None]]
+
+
+async def ack_each(deliveries: Sequence[Delivery]) -> None:
+    """Ack deliveries one by one (the default; the worker's consumer acks a batch at once)."""
+    for delivery in deliveries:
+        await delivery.ack()
+
+
 class ResultStore(Protocol):
     """Redis as the pipeline sees it: where successes are cached and where a job's image may wait
     (:class:`classifier.cache.ResultCache`; best-effort, never raises)."""
@@ -147,10 +157,14 @@ class Pipeline:
     """Turns deliveries into settled jobs: :meth:`accept` each one, :meth:`run` the batch loop,
     then :meth:`close` and :meth:`drain` to finish the jobs in hand, and :meth:`shutdown`."""
 
-    def __init__(self, settings: Settings, model: Model, cache: ResultStore) -> None:
+    def __init__(
+        self, settings: Settings, model: Model, cache: ResultStore, acknowledge: Acknowledge = ack_each
+    ) -> None:
         self.settings = settings
         self.model = model
         self.cache = cache
+        # How a batch's successes are acked: together (classifier.consumer.Consumer.acknowledge).
+        self.acknowledge = acknowledge
         configure_pillow(settings.max_pixels)
         self.preprocess = Preprocessor(model.input_size, model.metadata.resize, settings.max_pixels)
         self._batcher: Batcher[Job] = Batcher(settings.max_batch, settings.batch_wait_ms / 1000)
@@ -355,20 +369,32 @@ class Pipeline:
         # Cached even when the reply could not be published: the work is done, and the
         # gateway's retry (or another request for the same image) will find it.
         await self.cache.store([entry for s in settlements for entry in s.cache_entries])
+        answered: list[Delivery] = []
+        # Requeues and dead-letters first: the acks that remain can then go out as one.
         for settlement, ok in zip(settlements, published, strict=True):
             metrics.JOBS.labels(outcome=settlement.outcome.value).inc()
             delivery = settlement.delivery
+            if ok and settlement.acknowledge:
+                answered.append(delivery)
+                continue
             try:
                 if not ok:
                     # Unanswered: give it back; the quorum queue's delivery limit bounds retries.
                     await delivery.requeue()
-                elif settlement.acknowledge:
-                    await delivery.ack()
                 else:
                     await delivery.dead_letter()
             except Exception as exc:  # noqa: BLE001 - channel gone: the broker redelivers the job
                 log.warning("could not settle job %s: %s", delivery.correlation_id, exc)
             finally:
+                self._released()
+        if not answered:
+            return
+        try:
+            await self.acknowledge(answered)
+        except Exception as exc:  # noqa: BLE001 - channel gone: the broker redelivers the jobs
+            log.warning("could not ack %d job(s): %s", len(answered), exc)
+        finally:
+            for _ in answered:
                 self._released()
 
     # -- the end -----------------------------------------------------------------------

@@ -30,6 +30,7 @@ class Worker:
         self._stop = asyncio.Event()
         self.pipeline = Pipeline(settings, model, cache)
         self.consumer = Consumer(settings, self.pipeline.accept, self._stop)
+        self.pipeline.acknowledge = self.consumer.acknowledge
 
     @property
     def stopping(self) -> bool:

@@ -15,7 +15,13 @@ The variants (``--variants`` picks some):
 - ``claim``: the claim check (an empty body; the image waits in Redis), the reply without a confirm (now);
 - ``claim-confirmed``: the claim check, the reply with a confirm;
 - ``inline-unconfirmed``: the photo in the body, the reply without a confirm;
-- ``claim-batch-acks``: the claim check, and the responder acks 8 jobs at a time (``multiple``);
+- ``claim-batch-acks``: the claim check, and the responder acks 8 jobs at a time (``multiple``; the
+  worker does so for a batch's successes);
+- ``claim-direct-reply``: the claim check, replies through ``amq.rabbitmq.reply-to`` (direct reply-to:
+  no reply queue) instead of the requester's own reply queue;
+- ``claim-direct-batch-acks``: both;
+- ``claim-job-unconfirmed``: the claim check, the job published without a confirm (a reference: the
+  gateway keeps its confirms, a nack is how a full queue answers 503);
 - ``classic``: the claim check on a classic queue (no delivery limit, no replication: a reference only).
 
     python -m perf.broker_options --jobs 960 --pace-s 0.15 --rounds 2
@@ -51,6 +57,8 @@ class Variant:
     reply_confirmed: bool
     queue_type: str = "quorum"
     ack_every: int = 1
+    direct_reply: bool = False  # replies through amq.rabbitmq.reply-to instead of a reply queue
+    job_confirmed: bool = True
 
 
 VARIANTS = {
@@ -59,6 +67,9 @@ VARIANTS = {
     "claim-confirmed": Variant(b"", reply_confirmed=True),
     "inline-unconfirmed": Variant(PHOTO, reply_confirmed=False),
     "claim-batch-acks": Variant(b"", reply_confirmed=False, ack_every=ACK_EVERY),
+    "claim-direct-reply": Variant(b"", reply_confirmed=False, direct_reply=True),
+    "claim-direct-batch-acks": Variant(b"", reply_confirmed=False, direct_reply=True, ack_every=ACK_EVERY),
+    "claim-job-unconfirmed": Variant(b"", reply_confirmed=False, job_confirmed=False),
     "classic": Variant(b"", reply_confirmed=False, queue_type="classic"),
 }
 
@@ -73,7 +84,7 @@ async def run(variant: Variant, args: argparse.Namespace, beam: list[psutil.Proc
     requester = await aio_pika.connect(args.url)
     responder = await aio_pika.connect(args.url)
     try:
-        channel = await requester.channel(publisher_confirms=True)
+        channel = await requester.channel(publisher_confirms=variant.job_confirmed)
         arguments: dict[str, object] = {"x-queue-type": variant.queue_type}
         if variant.queue_type == "quorum":
             arguments |= {
@@ -90,7 +101,10 @@ async def run(variant: Variant, args: argparse.Namespace, beam: list[psutil.Proc
             if future is not None and not future.done():
                 future.set_result(message.body)
 
-        reply_queue = await channel.declare_queue(f"{queue_name}.reply", exclusive=True, auto_delete=True)
+        if variant.direct_reply:
+            reply_queue = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
+        else:
+            reply_queue = await channel.declare_queue(f"{queue_name}.reply", exclusive=True, auto_delete=True)
         await reply_queue.consume(on_reply, no_ack=True)
 
         answer = await responder.channel(publisher_confirms=variant.reply_confirmed)
