@@ -63,6 +63,10 @@ class Settings:
     # Gateway processes sharing PORT (SO_REUSEPORT; the kernel spreads connections among them).
     # Each is started by the supervisor (make run, compose); above 1 each binds with reuse_port.
     gateway_processes: int = 1
+    # A keep-alive connection is closed after this many answers (0: never), so that a client's
+    # reconnection is spread again among the gateway processes (or a Service's pods); nginx's
+    # keepalive_requests.
+    keepalive_max_requests: int = 1000
     # The gateway's bound on requests it holds at once; beyond it, 503 at once.
     max_in_flight: int = 512
     # Hostile clients (README "Hostile clients and faults"): an upload's body must arrive within

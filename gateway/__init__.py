@@ -17,7 +17,7 @@ from gateway.admission import Admission
 from gateway.cache import ResultCache
 from gateway.feedback import FeedbackLog
 from gateway.metrics import GatewayMetrics
-from gateway.middleware import MIDDLEWARES, security_headers
+from gateway.middleware import MIDDLEWARES, ConnectionRotation, security_headers
 from gateway.pages import setup_templates
 from gateway.readiness import ReadinessProbe
 from gateway.routes import setup_routes
@@ -46,6 +46,10 @@ def check_settings(settings: Settings) -> None:
     """Refuse settings that would break at run time, e.g. uploads the broker cannot carry."""
     if settings.gateway_processes < 1:
         raise ConfigurationError(f"GATEWAY_PROCESSES={settings.gateway_processes} must be at least 1.")
+    if settings.keepalive_max_requests < 0:
+        raise ConfigurationError(
+            f"KEEPALIVE_MAX_REQUESTS={settings.keepalive_max_requests} must be 0 (no limit) or more."
+        )
     if settings.image_transport not in IMAGE_TRANSPORTS:
         raise ConfigurationError(
             f"IMAGE_TRANSPORT={settings.image_transport!r} must be one of {', '.join(IMAGE_TRANSPORTS)}."
@@ -94,6 +98,7 @@ def init_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_connections)
     app.on_shutdown.append(_stop_being_ready)
     app.on_response_prepare.append(security_headers)
+    app.on_response_prepare.append(ConnectionRotation(settings.keepalive_max_requests))
     return app
 
 

@@ -7,17 +7,21 @@ a protocol's own body for handlers marked :func:`error_body_shape`.
 Order (outermost first): metrics sees the final status of every request,
 errors turns exceptions into responses, the in-flight bound sheds load before
 a prediction reads its upload. Security headers are added to every response
-in ``on_response_prepare``, which also covers static files and streamed bodies.
+in ``on_response_prepare``, which also covers static files and streamed bodies;
+there too, :class:`ConnectionRotation` closes a keep-alive connection after
+KEEPALIVE_MAX_REQUESTS answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web_urldispatcher import SystemRoute
 
 from gateway.errors import GatewayError
@@ -169,6 +173,33 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     headers.setdefault("Content-Security-Policy", PAGE_CSP if is_page else OTHER_CSP)
     if is_page:
         headers.setdefault("Cache-Control", "no-store")
+
+
+class ConnectionRotation:
+    """``on_response_prepare`` hook: a keep-alive connection is closed after ``max_requests`` answers.
+
+    ``SO_REUSEPORT`` (several gateway processes on one port) and a Kubernetes Service spread
+    *connections*, by a hash of their addresses: a client holding a few keep-alive connections may
+    land them all on one process while another idles (perf/FINDINGS.md). A connection closed now and
+    then is opened again and spread again; nginx's ``keepalive_requests`` does the same.
+    """
+
+    def __init__(self, max_requests: int) -> None:
+        self.max_requests = max_requests
+        self._answered: weakref.WeakKeyDictionary[asyncio.BaseTransport, int] = weakref.WeakKeyDictionary()
+
+    async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
+        transport = request.transport
+        if self.max_requests <= 0 or transport is None:
+            return
+        answered = self._answered.get(transport, 0) + 1
+        if answered < self.max_requests:
+            self._answered[transport] = answered
+            return
+        self._answered.pop(transport, None)
+        # The headers were prepared before this hook: say it in them too (HTTP/1.1 clients).
+        response.force_close()
+        response.headers[hdrs.CONNECTION] = "close"
 
 
 MIDDLEWARES = (metrics_middleware, error_middleware, in_flight_middleware)
