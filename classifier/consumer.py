@@ -65,9 +65,8 @@ class UnsettledTags:
     def add(self, tag: int) -> None:
         self._tags[tag] = None
 
-    def discard(self, tags: Iterable[int]) -> None:
-        for tag in tags:
-            self._tags.pop(tag, None)
+    def discard(self, tag: int) -> None:
+        self._tags.pop(tag, None)
 
     def multiple_ack_tag(self, tags: Sequence[int]) -> int | None:
         """The tag that one ack with ``multiple`` names to settle exactly ``tags``, or None when it
@@ -202,7 +201,7 @@ class Consumer:
             tags = self._unsettled.get(delivery.channel)
             if tags is None or delivery.message.delivery_tag is None:
                 continue
-            tags.discard([delivery.message.delivery_tag])
+            tags.discard(delivery.message.delivery_tag)
             if not tags:  # nothing left in hand from this channel (a closed one is forgotten here)
                 del self._unsettled[delivery.channel]
 

@@ -157,14 +157,13 @@ class Pipeline:
     """Turns deliveries into settled jobs: :meth:`accept` each one, :meth:`run` the batch loop,
     then :meth:`close` and :meth:`drain` to finish the jobs in hand, and :meth:`shutdown`."""
 
-    def __init__(
-        self, settings: Settings, model: Model, cache: ResultStore, acknowledge: Acknowledge = ack_each
-    ) -> None:
+    def __init__(self, settings: Settings, model: Model, cache: ResultStore) -> None:
         self.settings = settings
         self.model = model
         self.cache = cache
-        # How a batch's successes are acked: together (classifier.consumer.Consumer.acknowledge).
-        self.acknowledge = acknowledge
+        # How a batch's successes are acked; the worker sets its consumer's, which acks them together
+        # (classifier.consumer.Consumer.acknowledge).
+        self.acknowledge: Acknowledge = ack_each
         configure_pillow(settings.max_pixels)
         self.preprocess = Preprocessor(model.input_size, model.metadata.resize, settings.max_pixels)
         self._batcher: Batcher[Job] = Batcher(settings.max_batch, settings.batch_wait_ms / 1000)

@@ -41,7 +41,7 @@ import psutil
 from aio_pika.abc import AbstractIncomingMessage
 
 from devtools.processes import REPO_ROOT
-from perf.stats import listening_pids
+from perf.stats import cpu_seconds, listening_pids
 
 PHOTO = (REPO_ROOT / "tests" / "data" / "coffee.jpg").read_bytes()
 REPLY = b'{"ok":true,"sha256":"' + b"a" * 64 + b'","top":[' + b'{"label":"espresso","score":0.5},' * 5 + b"]}"
@@ -75,7 +75,7 @@ VARIANTS = {
 
 
 def broker_cpu_s(processes: list[psutil.Process]) -> float:
-    return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
+    return sum(cpu_seconds(p) for p in processes)
 
 
 async def run(variant: Variant, args: argparse.Namespace, beam: list[psutil.Process]) -> tuple[float, float]:

@@ -37,7 +37,7 @@ def summary_ms(seconds: Sequence[float]) -> Latency:
     )
 
 
-def _cpu_seconds(proc: psutil.Process) -> float:
+def cpu_seconds(proc: psutil.Process) -> float:
     """User + system CPU of one process (children not included: they may come and go)."""
     t = proc.cpu_times()
     return t.user + t.system
@@ -61,7 +61,7 @@ class CpuMeter:
         for pids in self.pids.values():
             for pid in pids:
                 try:
-                    out[pid] = _cpu_seconds(psutil.Process(pid))
+                    out[pid] = cpu_seconds(psutil.Process(pid))
                 except psutil.Error:
                     pass
         return out

@@ -43,9 +43,10 @@ def test_no_multiple_ack_that_would_settle_a_delivery_still_in_hand() -> None:
 
 def test_settled_tags_are_forgotten() -> None:
     unsettled = tags_in_hand(1, 2, 3)
-    unsettled.discard([1])
+    unsettled.discard(1)
     assert unsettled.multiple_ack_tag([2, 3]) == 3
-    unsettled.discard([2, 3])
+    unsettled.discard(2)
+    unsettled.discard(3)
     assert len(unsettled) == 0
 
 
