@@ -25,7 +25,7 @@ from aio_pika.abc import (
 )
 
 from common.broker import backoff_delay, connect_until_up
-from common.contract import Reply
+from common.contract import HEADER_REPLY_BATCHES, REPLY_BATCH_CONTENT_TYPE, Reply, encode_reply_batch
 from common.settings import Settings
 from common.topology import declare_request_queue
 
@@ -120,6 +120,11 @@ class AmqpDelivery:
             return int(count)  # type: ignore[call-overload,no-any-return]
         except (TypeError, ValueError):
             return 0
+
+    @property
+    def reply_batches(self) -> bool:
+        """Whether its requester also reads reply batches (the job's ``reply_batches`` header)."""
+        return self.headers.get(HEADER_REPLY_BATCHES) is True
 
     async def reply(self, reply: Reply) -> bool:
         assert self.reply_to is not None and self.correlation_id is not None
@@ -233,15 +238,59 @@ class Consumer:
         if failure is not None:
             raise failure
 
+    async def publish_replies(self, answers: Sequence[tuple[Delivery, Reply]]) -> list[bool]:
+        """Publish each reply to its job's ``reply_to``; whether each was published (never raises).
+
+        The replies for one reply queue whose jobs said their requester reads reply batches go
+        together in one message (``REPLY_BATCH_CONTENT_TYPE``): one publish, one route and one
+        delivery per batch instead of per job, for the worker, the broker and the gateway alike.
+        """
+        batches: dict[str, list[int]] = {}
+        singles: list[int] = []
+        for index, (delivery, _) in enumerate(answers):
+            assert isinstance(delivery, AmqpDelivery) and delivery.reply_to is not None
+            if delivery.reply_batches:
+                batches.setdefault(delivery.reply_to, []).append(index)
+            else:
+                singles.append(index)
+        sends: list[tuple[list[int], Awaitable[bool]]] = []
+        for reply_to, indices in batches.items():
+            if len(indices) == 1:
+                singles.extend(indices)
+                continue
+            body = encode_reply_batch(
+                [(str(answers[i][0].correlation_id), answers[i][1].to_json()) for i in indices]
+            )
+            sends.append((indices, self._publish(body, reply_to, content_type=REPLY_BATCH_CONTENT_TYPE)))
+        for index in singles:
+            delivery, reply = answers[index]
+            assert delivery.reply_to is not None and delivery.correlation_id is not None
+            sends.append(([index], self.publish(reply.to_json(), delivery.reply_to, delivery.correlation_id)))
+        published = [False] * len(answers)
+        for (indices, _), ok in zip(sends, await asyncio.gather(*(send for _, send in sends)), strict=True):
+            for index in indices:
+                published[index] = ok
+        return published
+
     async def publish(self, body: bytes, reply_to: str, correlation_id: str) -> bool:
-        """Publish a reply to ``reply_to``; False if it failed (never raises)."""
+        """Publish one reply to ``reply_to``; False if it failed (never raises)."""
+        return await self._publish(body, reply_to, correlation_id=correlation_id)
+
+    async def _publish(
+        self,
+        body: bytes,
+        reply_to: str,
+        *,
+        correlation_id: str | None = None,
+        content_type: str = "application/json",
+    ) -> bool:
         assert self._channel is not None
         try:
             await self._channel.default_exchange.publish(
                 aio_pika.Message(
                     body,
                     correlation_id=correlation_id,
-                    content_type="application/json",
+                    content_type=content_type,
                     delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
                 ),
                 routing_key=reply_to,
@@ -250,7 +299,7 @@ class Consumer:
                 timeout=PUBLISH_TIMEOUT_S,
             )
         except Exception as exc:  # noqa: BLE001 - any failure: the job is requeued, never left unsettled
-            log.warning("reply to %s not published: %s", correlation_id, exc)
+            log.warning("reply %s to %s not published: %s", correlation_id or "batch", reply_to, exc)
             return False
         return True
 

@@ -104,6 +104,12 @@ class Delivery(Protocol):
 
 
 Acknowledge = Callable[[Sequence[Delivery]], Awaitable[None]]
+PublishReplies = Callable[[Sequence[tuple[Delivery, Reply]]], Awaitable[list[bool]]]
+
+
+async def reply_each(answers: Sequence[tuple[Delivery, Reply]]) -> list[bool]:
+    """Publish each reply on its own (the default; the worker's consumer groups them per reply queue)."""
+    return list(await asyncio.gather(*(delivery.reply(reply) for delivery, reply in answers)))
 
 
 async def ack_each(deliveries: Sequence[Delivery]) -> None:
@@ -164,6 +170,9 @@ class Pipeline:
         # How a batch's successes are acked; the worker sets its consumer's, which acks them together
         # (classifier.consumer.Consumer.acknowledge).
         self.acknowledge: Acknowledge = ack_each
+        # How a batch's replies are published; the worker sets its consumer's, which sends those for
+        # one reply queue in one message (classifier.consumer.Consumer.publish_replies).
+        self.publish_replies: PublishReplies = reply_each
         configure_pillow(settings.max_pixels)
         self.preprocess = Preprocessor(model.input_size, model.metadata.resize, settings.max_pixels)
         self._batcher: Batcher[Job] = Batcher(settings.max_batch, settings.batch_wait_ms / 1000)
@@ -364,13 +373,17 @@ class Pipeline:
 
     async def _settle(self, settlements: list[Settlement]) -> None:
         """Publish every reply, cache the successes, then ack (or dead-letter) each job."""
-        published = await asyncio.gather(*(_publish(s) for s in settlements))
+        # A job with nobody to answer (a malformed one) counts as answered: settling it is what matters.
+        answerable = [s for s in settlements if s.delivery.reply_to and s.delivery.correlation_id]
+        sent = await self.publish_replies([(s.delivery, s.reply) for s in answerable])
+        published = dict(zip(answerable, sent, strict=True))
         # Cached even when the reply could not be published: the work is done, and the
         # gateway's retry (or another request for the same image) will find it.
         await self.cache.store([entry for s in settlements for entry in s.cache_entries])
         answered: list[Delivery] = []
         # Requeues and dead-letters first: the acks that remain can then go out as one.
-        for settlement, ok in zip(settlements, published, strict=True):
+        for settlement in settlements:
+            ok = published.get(settlement, True)
             metrics.JOBS.labels(outcome=settlement.outcome.value).inc()
             delivery = settlement.delivery
             if ok and settlement.acknowledge:
@@ -413,13 +426,6 @@ class Pipeline:
         """Stop the decode and inference threads."""
         self._decode_pool.shutdown(wait=True, cancel_futures=True)
         self._infer_pool.shutdown(wait=True)
-
-
-async def _publish(settlement: Settlement) -> bool:
-    delivery = settlement.delivery
-    if not delivery.reply_to or not delivery.correlation_id:
-        return True  # nobody to answer (a malformed job); settling it is what matters
-    return await delivery.reply(settlement.reply)
 
 
 def _expired(delivery: Delivery) -> Settlement:

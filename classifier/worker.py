@@ -31,6 +31,7 @@ class Worker:
         self.pipeline = Pipeline(settings, model, cache)
         self.consumer = Consumer(settings, self.pipeline.accept, self._stop)
         self.pipeline.acknowledge = self.consumer.acknowledge
+        self.pipeline.publish_replies = self.consumer.publish_replies
 
     @property
     def stopping(self) -> bool:

@@ -13,6 +13,7 @@ import binascii
 import json
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -32,6 +33,14 @@ HEADER_PROBABILITIES = "probabilities"
 # image_key(sha256) (the claim-check pattern: the broker carries a reference, not 100 KB
 # of photo through its quorum log). Absent or false: the body is the image.
 HEADER_IMAGE_IN_REDIS = "image_in_redis"
+# Present and true: the requester also reads reply batches (REPLY_BATCH_CONTENT_TYPE), so a worker
+# may answer this job together with others for the same reply queue in one message. Absent means
+# false: one message per reply, so a requester that predates batches is answered as before.
+HEADER_REPLY_BATCHES = "reply_batches"
+
+# The content type of a reply batch: ``{"replies": {"<correlation id>": <reply>, ...}}``, each
+# reply the JSON a single reply message would carry. A reply batch has no correlation_id.
+REPLY_BATCH_CONTENT_TYPE = "application/vnd.classify.reply-batch+json"
 
 MIN_TOP_K = 1
 MAX_TOP_K = 5
@@ -196,7 +205,42 @@ def parse_model_announcement(raw: bytes | str) -> ModelInfo:
 def parse_reply(body: bytes) -> Reply:
     """Decode a reply (or a cache entry) into its typed form."""
     try:
-        data: dict[str, Any] = json.loads(body)
+        data = json.loads(body)
+    except ValueError as exc:
+        raise ContractError(f"malformed reply: {exc}") from exc
+    return _reply_from_json(data)
+
+
+def encode_reply_batch(replies: Sequence[tuple[str, bytes]]) -> bytes:
+    """One message body for several replies: (correlation id, the reply's own JSON) pairs.
+
+    Each reply's bytes go in as they are (no second encoding); a correlation id is escaped, since
+    any client may choose one.
+    """
+    items = b",".join(json.dumps(cid).encode() + b":" + body for cid, body in replies)
+    return b'{"replies":{' + items + b"}}"
+
+
+def parse_reply_batch(body: bytes) -> dict[str, Reply | ContractError]:
+    """The replies of a reply batch by correlation id; a malformed reply maps to its ContractError
+    (only that caller fails), a malformed batch raises ContractError."""
+    try:
+        replies = json.loads(body)["replies"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ContractError(f"malformed reply batch: {exc}") from exc
+    if not isinstance(replies, dict):
+        raise ContractError("malformed reply batch: replies is not an object")
+    parsed: dict[str, Reply | ContractError] = {}
+    for correlation_id, data in replies.items():
+        try:
+            parsed[correlation_id] = _reply_from_json(data)
+        except ContractError as exc:
+            parsed[correlation_id] = exc
+    return parsed
+
+
+def _reply_from_json(data: Any) -> Reply:
+    try:
         if data["ok"]:
             return SuccessReply(
                 sha256=data["sha256"],
@@ -230,6 +274,7 @@ class JobHeaders:
     top_k: int
     probabilities: bool = False
     image_in_redis: bool = False
+    reply_batches: bool = False
 
     def to_amqp(self) -> dict[str, Any]:
         headers: dict[str, Any] = {
@@ -241,6 +286,8 @@ class JobHeaders:
             headers[HEADER_PROBABILITIES] = True
         if self.image_in_redis:
             headers[HEADER_IMAGE_IN_REDIS] = True
+        if self.reply_batches:
+            headers[HEADER_REPLY_BATCHES] = True
         return headers
 
     @classmethod
@@ -252,6 +299,7 @@ class JobHeaders:
             top_k = int(headers.get(HEADER_TOP_K, MAX_TOP_K))
             probabilities = headers.get(HEADER_PROBABILITIES, False)
             image_in_redis = headers.get(HEADER_IMAGE_IN_REDIS, False)
+            reply_batches = headers.get(HEADER_REPLY_BATCHES, False)
         except (KeyError, TypeError, ValueError) as exc:
             raise ContractError(f"missing or malformed job header: {exc}") from exc
         if not SHA256_RE.match(sha256):
@@ -260,12 +308,15 @@ class JobHeaders:
             raise ContractError("header probabilities must be a boolean")
         if not isinstance(image_in_redis, bool):
             raise ContractError("header image_in_redis must be a boolean")
+        if not isinstance(reply_batches, bool):
+            raise ContractError("header reply_batches must be a boolean")
         return cls(
             sha256=sha256,
             deadline_ms=deadline_ms,
             top_k=min(max(top_k, MIN_TOP_K), MAX_TOP_K),
             probabilities=probabilities,
             image_in_redis=image_in_redis,
+            reply_batches=reply_batches,
         )
 
     def ms_left(self, now: int | None = None) -> int:

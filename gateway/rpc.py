@@ -17,6 +17,7 @@ import secrets
 import socket
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import aio_pika
@@ -24,7 +25,14 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishError
 
 from common.broker import connect_until_up
-from common.contract import ContractError, JobHeaders, Reply, parse_reply
+from common.contract import (
+    REPLY_BATCH_CONTENT_TYPE,
+    ContractError,
+    JobHeaders,
+    Reply,
+    parse_reply,
+    parse_reply_batch,
+)
 from common.settings import Settings, redact
 from common.topology import declare_request_queue, request_queue_arguments
 
@@ -212,7 +220,8 @@ class RpcClient:
                 reply_to=self.reply_queue,
                 # The broker drops the job once nobody waits for its answer.
                 expiration=ms_left / 1000,
-                headers=headers.to_amqp(),
+                # _on_reply reads reply batches: a worker may answer several of our jobs in one message.
+                headers=replace(headers, reply_batches=True).to_amqp(),
             )
             await self._publish(message, headers)
             try:
@@ -292,12 +301,28 @@ class RpcClient:
         self._dropping = asyncio.create_task(drop(), name="rpc-drop")
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        correlation_id = message.correlation_id or ""
+        if message.content_type == REPLY_BATCH_CONTENT_TYPE:
+            try:
+                replies = parse_reply_batch(message.body)
+            except ContractError as exc:  # nothing in it can be matched: its callers wait for the deadline
+                log.warning("dropping a malformed reply batch: %s", exc)
+                return
+            for correlation_id, answer in replies.items():
+                self._resolve(correlation_id, answer)
+            return
+        reply: Reply | ContractError
+        try:
+            reply = parse_reply(message.body)
+        except ContractError as exc:
+            reply = exc
+        self._resolve(message.correlation_id or "", reply)
+
+    def _resolve(self, correlation_id: str, reply: Reply | ContractError) -> None:
+        """Hand a reply (or why it is malformed) to the caller waiting on ``correlation_id``."""
         future = self._pending.pop(correlation_id, None)
         if future is None or future.done():
             log.debug("dropping a reply nobody waits for (correlation id %r)", correlation_id)
-            return
-        try:
-            future.set_result(parse_reply(message.body))
-        except ContractError as exc:
-            future.set_exception(MalformedReply(str(exc)))
+        elif isinstance(reply, ContractError):
+            future.set_exception(MalformedReply(str(reply)))
+        else:
+            future.set_result(reply)
