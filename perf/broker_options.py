@@ -22,6 +22,11 @@ The variants (``--variants`` picks some):
 - ``claim-direct-batch-acks``: both;
 - ``claim-job-unconfirmed``: the claim check, the job published without a confirm (a reference: the
   gateway keeps its confirms, a nack is how a full queue answers 503);
+- ``claim-reply-batches``: the claim check, and the responder answers 8 jobs at a time with one reply
+  message (a reply batch) and one ``multiple`` ack (the worker does both for a batch);
+- ``claim-job-batches-4``: the claim check with 4 jobs in each message (a requester that batches its
+  publishes), one reply message per job message, acks in pairs: jobs as the broker would see them if the
+  gateway grouped the jobs it publishes at the same moment;
 - ``classic``: the claim check on a classic queue (no delivery limit, no replication: a reference only).
 
     python -m perf.broker_options --jobs 960 --pace-s 0.15 --rounds 2
@@ -59,6 +64,8 @@ class Variant:
     ack_every: int = 1
     direct_reply: bool = False  # replies through amq.rabbitmq.reply-to instead of a reply queue
     job_confirmed: bool = True
+    reply_batches: bool = False  # one reply message for the ack_every jobs held (a reply batch)
+    jobs_per_message: int = 1
 
 
 VARIANTS = {
@@ -70,6 +77,8 @@ VARIANTS = {
     "claim-direct-reply": Variant(b"", reply_confirmed=False, direct_reply=True),
     "claim-direct-batch-acks": Variant(b"", reply_confirmed=False, direct_reply=True, ack_every=ACK_EVERY),
     "claim-job-unconfirmed": Variant(b"", reply_confirmed=False, job_confirmed=False),
+    "claim-reply-batches": Variant(b"", reply_confirmed=False, ack_every=ACK_EVERY, reply_batches=True),
+    "claim-job-batches-4": Variant(b"", reply_confirmed=False, ack_every=2, jobs_per_message=4),
     "classic": Variant(b"", reply_confirmed=False, queue_type="classic"),
 }
 
@@ -97,9 +106,11 @@ async def run(variant: Variant, args: argparse.Namespace, beam: list[psutil.Proc
         waiting: dict[str, asyncio.Future[bytes]] = {}
 
         async def on_reply(message: AbstractIncomingMessage) -> None:
-            future = waiting.pop(message.correlation_id or "", None)
-            if future is not None and not future.done():
-                future.set_result(message.body)
+            # A reply batch names its jobs in its body (one line each); a single reply in its property.
+            for correlation_id in (message.correlation_id or "", *message.body.decode().split("\n")[1:]):
+                future = waiting.pop(correlation_id, None)
+                if future is not None and not future.done():
+                    future.set_result(message.body)
 
         if variant.direct_reply:
             reply_queue = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
@@ -112,15 +123,21 @@ async def run(variant: Variant, args: argparse.Namespace, beam: list[psutil.Proc
         held: list[AbstractIncomingMessage] = []
 
         async def on_job(message: AbstractIncomingMessage) -> None:
-            await answer.default_exchange.publish(
-                aio_pika.Message(REPLY, correlation_id=message.correlation_id),
-                routing_key=message.reply_to or "",
-            )
+            if not variant.reply_batches:
+                await answer.default_exchange.publish(
+                    aio_pika.Message(REPLY * variant.jobs_per_message, correlation_id=message.correlation_id),
+                    routing_key=message.reply_to or "",
+                )
             held.append(message)
             if len(held) >= variant.ack_every:
-                last = held[-1]
+                batch = list(held)
                 held.clear()
-                await last.ack(multiple=variant.ack_every > 1)
+                if variant.reply_batches:
+                    names = "".join(f"\n{m.correlation_id}" for m in batch).encode()
+                    await answer.default_exchange.publish(
+                        aio_pika.Message(REPLY * len(batch) + names), routing_key=message.reply_to or ""
+                    )
+                await batch[-1].ack(multiple=variant.ack_every > 1)
 
         await (await answer.get_queue(queue_name, ensure=False)).consume(on_job)
 
@@ -132,7 +149,7 @@ async def run(variant: Variant, args: argparse.Namespace, beam: list[psutil.Proc
             if not variant.body:
                 headers["image_in_redis"] = True
             message = aio_pika.Message(
-                variant.body,
+                variant.body or REPLY[:150] * (variant.jobs_per_message - 1),  # the other jobs' headers
                 correlation_id=correlation_id,
                 reply_to=reply_queue.name,
                 expiration=10,
@@ -142,13 +159,13 @@ async def run(variant: Variant, args: argparse.Namespace, beam: list[psutil.Proc
             await future
 
         async def client(jobs: int) -> None:
-            for _ in range(jobs):
+            for _ in range(jobs // variant.jobs_per_message):
                 await one_job()
-                if args.pace_s:
-                    await asyncio.sleep(args.pace_s)
+                if args.pace_s:  # the same jobs per second, in fewer messages
+                    await asyncio.sleep(args.pace_s * variant.jobs_per_message)
 
-        for _ in range(ACK_EVERY * 4):  # warm up, a whole number of ack batches
-            await one_job()
+        for _ in range(4):  # warm up, whole ack batches (a reply batch goes out once ACK_EVERY are in)
+            await asyncio.gather(*(one_job() for _ in range(ACK_EVERY)))
         per_client = args.jobs // CLIENTS // ACK_EVERY * ACK_EVERY
         cpu0, t0 = broker_cpu_s(beam), time.perf_counter()
         await asyncio.gather(*(client(per_client) for _ in range(CLIENTS)))
