@@ -14,7 +14,8 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from enum import IntEnum
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 from aio_pika.abc import (
@@ -25,7 +26,17 @@ from aio_pika.abc import (
 )
 
 from common.broker import backoff_delay, connect_until_up
-from common.contract import HEADER_REPLY_BATCHES, REPLY_BATCH_CONTENT_TYPE, Reply, encode_reply_batch
+from common.contract import (
+    HEADER_EARLIER_DELIVERIES,
+    HEADER_REPLY_BATCHES,
+    JOB_BATCH_CONTENT_TYPE,
+    REPLY_BATCH_CONTENT_TYPE,
+    ContractError,
+    Reply,
+    encode_reply_batch,
+    now_ms,
+    parse_job_batch,
+)
 from common.settings import Settings
 from common.topology import declare_request_queue
 
@@ -88,11 +99,11 @@ class UnsettledTags:
 class AmqpDelivery:
     """One aio-pika message seen as a :class:`~classifier.pipeline.Delivery`."""
 
-    __slots__ = ("_consumer", "channel", "message")
+    __slots__ = ("channel", "consumer", "message")
 
     def __init__(self, message: AbstractIncomingMessage, consumer: Consumer) -> None:
         self.message = message
-        self._consumer = consumer
+        self.consumer = consumer
         # The AMQP channel it came on (delivery tags are per channel; a reconnect opens another).
         # Taken now: aio-pika's ``message.channel`` raises once that channel has closed.
         self.channel: object = message.channel
@@ -115,11 +126,10 @@ class AmqpDelivery:
 
     @property
     def delivered_before(self) -> int:
-        count = self.headers.get(DELIVERY_COUNT_HEADER, 0)
-        try:
-            return int(count)  # type: ignore[call-overload,no-any-return]
-        except (TypeError, ValueError):
-            return 0
+        # The broker's count, plus the deliveries of the job batch it was split from, if it was.
+        return _count(self.headers.get(DELIVERY_COUNT_HEADER)) + _count(
+            self.headers.get(HEADER_EARLIER_DELIVERIES)
+        )
 
     @property
     def reply_batches(self) -> bool:
@@ -128,19 +138,95 @@ class AmqpDelivery:
 
     async def reply(self, reply: Reply) -> bool:
         assert self.reply_to is not None and self.correlation_id is not None
-        return await self._consumer.publish(reply.to_json(), self.reply_to, self.correlation_id)
+        return await self.consumer.publish(reply.to_json(), self.reply_to, self.correlation_id)
 
     async def ack(self) -> None:
-        self._consumer.settled([self])
+        self.consumer.settled([self])
         await self.message.ack()
 
     async def dead_letter(self) -> None:
-        self._consumer.settled([self])
+        self.consumer.settled([self])
         await self.message.reject(requeue=False)  # -> <queue>.dead
 
     async def requeue(self) -> None:
-        self._consumer.settled([self])
+        self.consumer.settled([self])
         await self.message.nack(requeue=True)
+
+
+class Verdict(IntEnum):
+    """How a job is settled; a job batch's message is settled by the strongest of its jobs' verdicts."""
+
+    ACK = 0
+    DEAD_LETTER = 1  # kept for a human, with the jobs that were answered beside it
+    REQUEUE = 2  # a reply not published: the message comes again (its answered jobs are cheap twice)
+
+
+class JobBatchMessage:
+    """One AMQP message that carries several jobs (a job batch): settled once, when its last job is."""
+
+    __slots__ = ("_left", "_verdict", "delivery")
+
+    def __init__(self, delivery: AmqpDelivery, jobs: int) -> None:
+        self.delivery = delivery
+        self._left = jobs
+        self._verdict = Verdict.ACK
+
+    def settle(self, verdict: Verdict) -> Verdict | None:
+        """Count one job settled; the message's verdict once every job is, else None."""
+        self._left -= 1
+        self._verdict = max(self._verdict, verdict)
+        return self._verdict if self._left == 0 else None
+
+    async def finish(self, verdict: Verdict) -> None:
+        if verdict is Verdict.REQUEUE:
+            await self.delivery.requeue()
+        elif verdict is Verdict.DEAD_LETTER:
+            await self.delivery.dead_letter()
+        else:
+            await self.delivery.ack()
+
+
+class BatchedJob:
+    """One job of a job batch seen as a :class:`~classifier.pipeline.Delivery` (its image is in Redis)."""
+
+    __slots__ = ("batch", "correlation_id", "headers")
+
+    body = b""
+
+    def __init__(self, batch: JobBatchMessage, correlation_id: str, headers: Mapping[str, object]) -> None:
+        self.batch = batch
+        self.correlation_id: str | None = correlation_id
+        self.headers = headers
+
+    @property
+    def reply_to(self) -> str | None:
+        return self.batch.delivery.reply_to
+
+    @property
+    def delivered_before(self) -> int:
+        return self.batch.delivery.delivered_before
+
+    @property
+    def reply_batches(self) -> bool:
+        return self.headers.get(HEADER_REPLY_BATCHES) is True
+
+    async def reply(self, reply: Reply) -> bool:
+        assert self.reply_to is not None and self.correlation_id is not None
+        return await self.batch.delivery.consumer.publish(reply.to_json(), self.reply_to, self.correlation_id)
+
+    async def ack(self) -> None:
+        await self._settle(Verdict.ACK)
+
+    async def dead_letter(self) -> None:
+        await self._settle(Verdict.DEAD_LETTER)
+
+    async def requeue(self) -> None:
+        await self._settle(Verdict.REQUEUE)
+
+    async def _settle(self, verdict: Verdict) -> None:
+        final = self.batch.settle(verdict)
+        if final is not None:
+            await self.batch.finish(final)
 
 
 class Consumer:
@@ -198,7 +284,54 @@ class Consumer:
         delivery = AmqpDelivery(message, self)
         if message.delivery_tag is not None:
             self._unsettled.setdefault(delivery.channel, UnsettledTags()).add(message.delivery_tag)
-        await self._handle(delivery)
+        if message.content_type != JOB_BATCH_CONTENT_TYPE:
+            await self._handle(delivery)
+            return
+        try:
+            jobs = parse_job_batch(message.body)
+        except ContractError as exc:
+            log.warning("%s", exc)
+            await self._handle(delivery)  # no job headers, no correlation id: the pipeline dead-letters it
+            return
+        if delivery.delivered_before and len(jobs) > 1:
+            await self._split(delivery, jobs)
+            return
+        batch = JobBatchMessage(delivery, len(jobs))
+        for correlation_id, headers in jobs:
+            await self._handle(BatchedJob(batch, correlation_id, headers))
+
+    async def _split(self, delivery: AmqpDelivery, jobs: list[tuple[str, dict[str, Any]]]) -> None:
+        """A job batch delivered again (a worker died holding it, or lost its connection): its jobs go
+        back to the queue a message each, counting this batch's deliveries, so that a job that kills
+        workers is dead-lettered alone, not with the jobs it travelled with.
+
+        Without a confirm: the publishes go out on this channel before the ack, and RabbitMQ handles a
+        channel's frames in order, all into the same queue's log; a lost connection loses the ack, and
+        the batch comes again (its jobs run twice at worst).
+        """
+        assert self._channel is not None
+        log.warning(
+            "a job batch of %d jobs was delivered again (%d times before): sending its jobs one a message",
+            len(jobs),
+            delivery.delivered_before,
+        )
+        try:
+            for correlation_id, headers in jobs:
+                ms_left = _count(headers.get("deadline_ms")) - now_ms()
+                await self._channel.default_exchange.publish(
+                    aio_pika.Message(
+                        b"",
+                        correlation_id=correlation_id,
+                        reply_to=delivery.reply_to,
+                        expiration=max(ms_left, 1) / 1000,
+                        headers={**headers, HEADER_EARLIER_DELIVERIES: delivery.delivered_before},
+                    ),
+                    routing_key=self.settings.queue_name,
+                    timeout=PUBLISH_TIMEOUT_S,
+                )
+            await delivery.ack()
+        except Exception as exc:  # noqa: BLE001 - the channel is gone: the broker delivers the batch again
+            log.warning("splitting a job batch failed (%s); it will be delivered again", exc)
 
     def settled(self, deliveries: Iterable[AmqpDelivery]) -> None:
         """Forget these deliveries' tags: they are being settled (or their channel is gone)."""
@@ -218,10 +351,21 @@ class Consumer:
         (perf/FINDINGS.md: ~0.15 ms of the broker's CPU per job). Raises like an ack would.
         """
         by_channel: dict[object, list[AmqpDelivery]] = {}
+        failure: Exception | None = None
         for delivery in deliveries:
+            if isinstance(delivery, BatchedJob):  # its message is acked with its last job
+                final = delivery.batch.settle(Verdict.ACK)
+                if final is None:
+                    continue
+                if final is not Verdict.ACK:
+                    try:
+                        await delivery.batch.finish(final)
+                    except Exception as exc:  # noqa: BLE001 - the other acks still go out
+                        failure = exc
+                    continue
+                delivery = delivery.batch.delivery
             assert isinstance(delivery, AmqpDelivery)
             by_channel.setdefault(delivery.channel, []).append(delivery)
-        failure: Exception | None = None
         for channel, group in by_channel.items():
             unsettled = self._unsettled.get(channel)
             tags = [d.message.delivery_tag for d in group if d.message.delivery_tag is not None]
@@ -248,7 +392,7 @@ class Consumer:
         batches: dict[str, list[int]] = {}
         singles: list[int] = []
         for index, (delivery, _) in enumerate(answers):
-            assert isinstance(delivery, AmqpDelivery) and delivery.reply_to is not None
+            assert isinstance(delivery, AmqpDelivery | BatchedJob) and delivery.reply_to is not None
             if delivery.reply_batches:
                 batches.setdefault(delivery.reply_to, []).append(index)
             else:
@@ -360,6 +504,14 @@ class Consumer:
                 await self._connection.close()
             except Exception as exc:  # noqa: BLE001 - shutting down anyway
                 log.warning("closing the RabbitMQ connection: %s", exc)
+
+
+def _count(value: object) -> int:
+    """A count from a message header: 0 when absent or not a number."""
+    try:
+        return int(value)  # type: ignore[call-overload,no-any-return]
+    except (TypeError, ValueError):
+        return 0
 
 
 def _log_reconnected(*args: object) -> None:

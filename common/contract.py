@@ -38,6 +38,15 @@ HEADER_IMAGE_IN_REDIS = "image_in_redis"
 # false: one message per reply, so a requester that predates batches is answered as before.
 HEADER_REPLY_BATCHES = "reply_batches"
 
+# On a job a worker took out of a job batch delivered again (it then sends each job alone): how many
+# times that batch was delivered before, so that the job's poison count goes on from there.
+HEADER_EARLIER_DELIVERIES = "earlier_deliveries"
+
+# The content type of a job batch: several jobs in one message, ``{"jobs": [{"correlation_id": ...,
+# "headers": {<the job's headers>}}, ...]}``, all for the message's reply_to and all with their image
+# in Redis (HEADER_IMAGE_IN_REDIS), so the body is small. The message has no correlation_id.
+JOB_BATCH_CONTENT_TYPE = "application/vnd.classify.job-batch+json"
+
 # The content type of a reply batch: ``{"replies": {"<correlation id>": <reply>, ...}}``, each
 # reply the JSON a single reply message would carry. A reply batch has no correlation_id.
 REPLY_BATCH_CONTENT_TYPE = "application/vnd.classify.reply-batch+json"
@@ -237,6 +246,28 @@ def parse_reply_batch(body: bytes) -> dict[str, Reply | ContractError]:
         except ContractError as exc:
             parsed[correlation_id] = exc
     return parsed
+
+
+def encode_job_batch(jobs: Sequence[tuple[str, JobHeaders]]) -> bytes:
+    """One message body for several jobs: (correlation id, headers) pairs."""
+    entries = [{"correlation_id": cid, "headers": headers.to_amqp()} for cid, headers in jobs]
+    return json.dumps({"jobs": entries}, separators=(",", ":")).encode()
+
+
+def parse_job_batch(body: bytes) -> list[tuple[str, dict[str, Any]]]:
+    """The (correlation id, raw headers) of each job in a job batch, in order; ContractError if the
+    batch is malformed. Each job's headers are checked where each job is (JobHeaders.from_amqp)."""
+    try:
+        entries = json.loads(body)["jobs"]
+        if not isinstance(entries, list) or not entries:
+            raise TypeError("jobs is not a non-empty list")
+        jobs = [(entry["correlation_id"], entry["headers"]) for entry in entries]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ContractError(f"malformed job batch: {exc}") from exc
+    for correlation_id, headers in jobs:
+        if not isinstance(correlation_id, str) or not correlation_id or not isinstance(headers, dict):
+            raise ContractError("malformed job batch: an entry without a correlation_id or headers")
+    return jobs
 
 
 def _reply_from_json(data: Any) -> Reply:

@@ -50,6 +50,10 @@ def check_settings(settings: Settings) -> None:
         raise ConfigurationError(
             f"KEEPALIVE_MAX_REQUESTS={settings.keepalive_max_requests} must be 0 (no limit) or more."
         )
+    if settings.max_jobs_per_message < 1:
+        raise ConfigurationError(
+            f"MAX_JOBS_PER_MESSAGE={settings.max_jobs_per_message} must be at least 1 (1: a job a message)."
+        )
     if settings.image_transport not in IMAGE_TRANSPORTS:
         raise ConfigurationError(
             f"IMAGE_TRANSPORT={settings.image_transport!r} must be one of {', '.join(IMAGE_TRANSPORTS)}."

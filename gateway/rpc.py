@@ -17,7 +17,7 @@ import secrets
 import socket
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aio_pika
@@ -26,10 +26,13 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError, PublishErr
 
 from common.broker import connect_until_up
 from common.contract import (
+    JOB_BATCH_CONTENT_TYPE,
     REPLY_BATCH_CONTENT_TYPE,
     ContractError,
     JobHeaders,
     Reply,
+    encode_job_batch,
+    now_ms,
     parse_reply,
     parse_reply_batch,
 )
@@ -76,6 +79,23 @@ class MalformedReply(RpcError):
     """A reply that does not follow the message contract."""
 
 
+@dataclass(slots=True, eq=False)
+class _Outgoing:
+    """A job waiting in the outbox for the next job batch, and how its caller learns it was confirmed."""
+
+    correlation_id: str
+    content_type: str
+    headers: JobHeaders
+    confirmed: asyncio.Future[None]
+
+
+def _unconfirmed(deadline_ms: int) -> RpcError:
+    """Why a publish got no confirm in its time: the job's deadline passed, or the broker is slow or gone."""
+    if deadline_ms <= now_ms():
+        return DeadlineExceeded("the deadline passed while publishing")
+    return BrokerUnavailable("RabbitMQ did not confirm the job in time")
+
+
 def reply_queue_name() -> str:
     """``gateway.reply.<host>.<pid>.<random>``: unique per process, stable across reconnects."""
     return f"gateway.reply.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
@@ -95,6 +115,9 @@ class RpcClient:
         self._dropping: asyncio.Task[Any] | None = None
         self._found_full_at = float("-inf")
         self._ready = asyncio.Event()
+        # Jobs (images in Redis) waiting to be published together; one publish of them at a time.
+        self._outbox: list[_Outgoing] = []
+        self._flushing: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -109,6 +132,12 @@ class RpcClient:
             await asyncio.wait_for(self._ready.wait(), wait_s)
 
     async def close(self) -> None:
+        if self._flushing is not None:
+            self._flushing.cancel()
+        outbox, self._outbox = self._outbox, []
+        for job in outbox:
+            if not job.confirmed.done():
+                job.confirmed.set_exception(BrokerUnavailable("the gateway is shutting down"))
         if self._connect_task is not None:
             self._connect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -212,18 +241,15 @@ class RpcClient:
         correlation_id = uuid.uuid4().hex
         future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[correlation_id] = future
+        # _on_reply reads reply batches: a worker may answer several of our jobs in one message.
+        headers = replace(headers, reply_batches=True)
         try:
-            message = aio_pika.Message(
-                body,
-                content_type=content_type,
-                correlation_id=correlation_id,
-                reply_to=self.reply_queue,
-                # The broker drops the job once nobody waits for its answer.
-                expiration=ms_left / 1000,
-                # _on_reply reads reply batches: a worker may answer several of our jobs in one message.
-                headers=replace(headers, reply_batches=True).to_amqp(),
-            )
-            await self._publish(message, headers)
+            if not body and headers.image_in_redis and self.settings.max_jobs_per_message > 1:
+                await self._publish_in_batch(correlation_id, content_type, headers)
+            else:
+                await self._publish(
+                    self._job_message(correlation_id, body, content_type, headers), headers.deadline_ms
+                )
             try:
                 async with asyncio.timeout(max(headers.ms_left(), 0) / 1000):
                     return await future
@@ -235,9 +261,82 @@ class RpcClient:
             if future.done() and not future.cancelled():
                 future.exception()  # failed by a lost connection while the publish failed too: seen
 
-    async def _publish(self, message: aio_pika.Message, headers: JobHeaders) -> None:
-        assert self._channel is not None
+    def _job_message(
+        self, correlation_id: str, body: bytes, content_type: str, headers: JobHeaders
+    ) -> aio_pika.Message:
+        return aio_pika.Message(
+            body,
+            content_type=content_type,
+            correlation_id=correlation_id,
+            reply_to=self.reply_queue,
+            # The broker drops the job once nobody waits for its answer.
+            expiration=max(headers.ms_left(), 1) / 1000,
+            headers=headers.to_amqp(),
+        )
+
+    # -- job batches -------------------------------------------------------
+
+    async def _publish_in_batch(self, correlation_id: str, content_type: str, headers: JobHeaders) -> None:
+        """Put a job whose image is in Redis in the outbox and wait until the broker confirmed it.
+
+        The jobs that arrive while a publish awaits its confirm go out together in the next one
+        (group commit): no job waits for company, and under load one message carries several
+        jobs through the quorum queue (docs/DESIGN.md, "Job batches").
+        """
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.append(_Outgoing(correlation_id, content_type, headers, confirmed))
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_outbox(), name="rpc-outbox")
         budget_s = min(headers.ms_left() / 1000, PUBLISH_CONFIRM_TIMEOUT_S)
+        try:
+            async with asyncio.timeout(max(budget_s, 0.001)):
+                await asyncio.shield(confirmed)  # the others of its message still wait for it
+        except TimeoutError:
+            raise _unconfirmed(headers.deadline_ms) from None
+
+    async def _flush_outbox(self) -> None:
+        """Publish the outbox, one message at a time, up to MAX_JOBS_PER_MESSAGE jobs in each."""
+        while self._outbox:
+            size = self.settings.max_jobs_per_message
+            taken, self._outbox = self._outbox[:size], self._outbox[size:]
+            # A caller that gave up (its request was cancelled) no longer waits: its job is not sent.
+            group = [job for job in taken if job.correlation_id in self._pending]
+            if not group:
+                continue
+            try:
+                await self._publish(*self._batch_message(group))
+            except Exception as exc:  # noqa: BLE001 - whatever it was, each caller hears of it
+                why = exc if isinstance(exc, RpcError) else BrokerUnavailable(f"publishing failed: {exc!r}")
+                for job in group:
+                    if not job.confirmed.done() and job.correlation_id in self._pending:
+                        job.confirmed.set_exception(type(why)(str(why)))
+            else:
+                for job in group:
+                    if not job.confirmed.done():
+                        job.confirmed.set_result(None)
+
+    def _batch_message(self, group: list[_Outgoing]) -> tuple[aio_pika.Message, int]:
+        """One job as it always went, or a job batch; and the deadline its publish may use."""
+        if len(group) == 1:
+            job = group[0]
+            return self._job_message(
+                job.correlation_id, b"", job.content_type, job.headers
+            ), job.headers.deadline_ms
+        deadline_ms = max(job.headers.deadline_ms for job in group)
+        message = aio_pika.Message(
+            encode_job_batch([(job.correlation_id, job.headers) for job in group]),
+            content_type=JOB_BATCH_CONTENT_TYPE,
+            reply_to=self.reply_queue,
+            # Until the last of its jobs' deadlines; a worker checks each job's own.
+            expiration=max(deadline_ms - now_ms(), 1) / 1000,
+        )
+        return message, deadline_ms
+
+    # -- publishing ----------------------------------------------------------
+
+    async def _publish(self, message: aio_pika.Message, deadline_ms: int) -> None:
+        assert self._channel is not None
+        budget_s = min((deadline_ms - now_ms()) / 1000, PUBLISH_CONFIRM_TIMEOUT_S)
         try:
             async with asyncio.timeout(max(budget_s, 0.001)):
                 await self._channel.default_exchange.publish(
@@ -250,9 +349,7 @@ class RpcClient:
                 raise BrokerUnavailable("RabbitMQ refused the job while its queue changed leader") from exc
             raise QueueFull(f"queue {self.settings.queue_name!r} is full") from exc
         except TimeoutError:
-            if headers.ms_left() <= 0:
-                raise DeadlineExceeded("the deadline passed while publishing") from None
-            raise BrokerUnavailable("RabbitMQ did not confirm the job in time") from None
+            raise _unconfirmed(deadline_ms) from None
         except (ChannelStuck, *CONNECTION_EXCEPTIONS) as exc:
             raise BrokerUnavailable(f"publishing to RabbitMQ failed: {exc}") from exc
         except Exception as exc:  # a channel closed mid-publish raises a bare Exception

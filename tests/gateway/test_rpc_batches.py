@@ -1,4 +1,5 @@
-"""The RPC client reads reply batches: each caller gets its own reply out of one message.
+"""The RPC client's batches: jobs that arrive together go out in one message, and each caller gets
+its own reply out of one reply message.
 
 A stand-in worker on the real broker takes the gateway's jobs from the test's request queue and
 answers them together, the way a worker answers a batch (classifier.consumer.Consumer.publish_replies).
@@ -7,6 +8,8 @@ answers them together, the way a worker answers a batch (classifier.consumer.Con
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import uuid
 
 import aio_pika
 import pytest
@@ -14,6 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from common.contract import (
     HEADER_REPLY_BATCHES,
+    JOB_BATCH_CONTENT_TYPE,
     REPLY_BATCH_CONTENT_TYPE,
     JobHeaders,
     ModelInfo,
@@ -21,6 +25,7 @@ from common.contract import (
     SuccessReply,
     encode_reply_batch,
     now_ms,
+    parse_job_batch,
 )
 from common.settings import Settings
 from gateway.rpc import DeadlineExceeded, MalformedReply, RpcClient
@@ -129,3 +134,81 @@ async def test_a_malformed_reply_batch_breaks_nothing(gateway_settings: Settings
     finally:
         await worker.close()
         await rpc.close()
+
+
+async def publish_together(
+    settings: Settings, jobs: int, *, body: bytes = b""
+) -> tuple[list[AbstractIncomingMessage], list[SuccessReply]]:
+    """``jobs`` calls started at once (images in Redis unless ``body``); what the request queue
+    received, and each call's reply once the stand-in worker answered every job in one reply batch."""
+    rpc = RpcClient(settings)
+    await rpc.start(wait_s=15)
+    worker = await aio_pika.connect(settings.rabbitmq_url)
+    try:
+        channel = await worker.channel()
+        messages: list[AbstractIncomingMessage] = []
+        entries: list[tuple[str, str]] = []  # (correlation id, sha256) of every job received
+        all_in = asyncio.Event()
+
+        async def take(message: AbstractIncomingMessage) -> None:
+            messages.append(message)
+            if message.content_type == JOB_BATCH_CONTENT_TYPE:
+                entries.extend(
+                    (cid, str(headers["sha256"])) for cid, headers in parse_job_batch(message.body)
+                )
+            else:
+                entries.append((str(message.correlation_id), str(message.headers["sha256"])))
+            if len(entries) == jobs:
+                all_in.set()
+
+        await (await channel.get_queue(settings.queue_name)).consume(take, no_ack=True)
+        shas = [uuid.uuid4().hex + uuid.uuid4().hex for _ in range(jobs)]
+        calls = [
+            asyncio.create_task(
+                rpc.call(
+                    body,
+                    content_type="image/jpeg",
+                    headers=JobHeaders(
+                        sha256=sha, deadline_ms=now_ms() + 10_000, top_k=5, image_in_redis=not body
+                    ),
+                )
+            )
+            for sha in shas
+        ]
+        await asyncio.wait_for(all_in.wait(), 10)
+        reply_to = messages[0].reply_to
+        assert reply_to is not None
+        answers = encode_reply_batch([(cid, _success(sha).to_json()) for cid, sha in entries])
+        await channel.default_exchange.publish(
+            aio_pika.Message(answers, content_type=REPLY_BATCH_CONTENT_TYPE), routing_key=reply_to
+        )
+        replies = await asyncio.wait_for(asyncio.gather(*calls), 10)
+        assert replies == [_success(sha) for sha in shas]  # each caller its own
+        return messages, replies
+    finally:
+        await worker.close()
+        await rpc.close()
+
+
+async def test_jobs_that_arrive_together_go_out_in_one_message(gateway_settings: Settings) -> None:
+    messages, _ = await publish_together(gateway_settings, 6)
+    # The first publish takes every job queued before it went out: one message, six jobs.
+    assert [m.content_type for m in messages] == [JOB_BATCH_CONTENT_TYPE]
+    assert len(parse_job_batch(messages[0].body)) == 6
+    assert messages[0].correlation_id is None and messages[0].expiration is not None
+
+
+async def test_a_message_carries_at_most_max_jobs_per_message(gateway_settings: Settings) -> None:
+    messages, _ = await publish_together(dataclasses.replace(gateway_settings, max_jobs_per_message=4), 6)
+    assert [len(parse_job_batch(m.body)) for m in messages] == [4, 2]
+
+
+async def test_one_job_a_message_when_max_jobs_per_message_is_1(gateway_settings: Settings) -> None:
+    messages, _ = await publish_together(dataclasses.replace(gateway_settings, max_jobs_per_message=1), 4)
+    assert [m.content_type for m in messages] == ["image/jpeg"] * 4
+    assert all(m.correlation_id for m in messages)
+
+
+async def test_a_job_with_its_image_in_the_message_goes_alone(gateway_settings: Settings) -> None:
+    messages, _ = await publish_together(gateway_settings, 3, body=b"\xff\xd8 an image")
+    assert [(m.content_type, m.body) for m in messages] == [("image/jpeg", b"\xff\xd8 an image")] * 3
