@@ -14,6 +14,7 @@ import urllib.request
 
 import aiohttp
 import psutil
+import pytest
 
 from tests.support import rabbitmq_api
 from tests.support.load import LoadResult, run_load
@@ -42,9 +43,12 @@ def readiness(base_url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-async def test_worker_killed_under_load(gateway, workers, distinct_jpegs, queue_name):
+# With job batches too: the killed worker holds messages of several jobs, which come again and are
+# split into single jobs by the survivor (classifier.consumer.Consumer._split).
+@pytest.mark.parametrize("jobs_per_message", [1, 8])
+async def test_worker_killed_under_load(gateway, workers, distinct_jpegs, queue_name, jobs_per_message):
     doomed, survivor = workers(), workers()
-    gw = gateway(REQUEST_TIMEOUT_S=DEADLINE_S)
+    gw = gateway(REQUEST_TIMEOUT_S=DEADLINE_S, MAX_JOBS_PER_MESSAGE=jobs_per_message)
     total = 300
     load = asyncio.create_task(
         run_load(

@@ -191,7 +191,7 @@ async def publish_together(
 
 
 async def test_jobs_that_arrive_together_go_out_in_one_message(gateway_settings: Settings) -> None:
-    messages, _ = await publish_together(gateway_settings, 6)
+    messages, _ = await publish_together(dataclasses.replace(gateway_settings, max_jobs_per_message=8), 6)
     # The first publish takes every job queued before it went out: one message, six jobs.
     assert [m.content_type for m in messages] == [JOB_BATCH_CONTENT_TYPE]
     assert len(parse_job_batch(messages[0].body)) == 6
@@ -203,12 +203,14 @@ async def test_a_message_carries_at_most_max_jobs_per_message(gateway_settings: 
     assert [len(parse_job_batch(m.body)) for m in messages] == [4, 2]
 
 
-async def test_one_job_a_message_when_max_jobs_per_message_is_1(gateway_settings: Settings) -> None:
-    messages, _ = await publish_together(dataclasses.replace(gateway_settings, max_jobs_per_message=1), 4)
+async def test_one_job_a_message_by_default(gateway_settings: Settings) -> None:
+    assert gateway_settings.max_jobs_per_message == 1
+    messages, _ = await publish_together(gateway_settings, 4)
     assert [m.content_type for m in messages] == ["image/jpeg"] * 4
     assert all(m.correlation_id for m in messages)
 
 
 async def test_a_job_with_its_image_in_the_message_goes_alone(gateway_settings: Settings) -> None:
-    messages, _ = await publish_together(gateway_settings, 3, body=b"\xff\xd8 an image")
+    batching = dataclasses.replace(gateway_settings, max_jobs_per_message=8)
+    messages, _ = await publish_together(batching, 3, body=b"\xff\xd8 an image")
     assert [(m.content_type, m.body) for m in messages] == [("image/jpeg", b"\xff\xd8 an image")] * 3
