@@ -88,42 +88,45 @@ async def messages_in(channel: aio_pika.abc.AbstractChannel, queue: str) -> int:
     return int(declared.declaration_result.message_count or 0)
 
 
-async def test_a_job_batch_is_handed_over_as_its_jobs_and_settled_with_the_last(
+@pytest.fixture
+async def batch_in_hand(
     rabbitmq_url: str, queue_name: str, publisher
-) -> None:
+) -> AsyncIterator[tuple[Consumer, list[Delivery], list[tuple[str, JobHeaders]]]]:
+    """A job batch of JOBS jobs published and handed over by a real Consumer: the consumer, what it
+    handed over, and the batch's entries. The consumer is closed afterwards."""
     handed = Handed()
     consumer = await start_consumer(rabbitmq_url, queue_name, handed)
     try:
         entries = [(f"job-{i}", claimed(f"{i}" * 64)) for i in range(JOBS)]
         await publisher.default_exchange.publish(job_batch("replies-here", entries), routing_key=queue_name)
         await handed.wait_for(JOBS)
-        jobs = handed.deliveries
-        assert all(isinstance(job, BatchedJob) for job in jobs)
-        assert [(job.correlation_id, job.reply_to, job.delivered_before) for job in jobs] == [
-            (f"job-{i}", "replies-here", 0) for i in range(JOBS)
-        ]
-        assert [JobHeaders.from_amqp(dict(job.headers)) for job in jobs] == [h for _, h in entries]
-        await consumer.acknowledge(jobs[:-1])  # the message waits for its last job
+        yield consumer, handed.deliveries, entries
     finally:
         await consumer.close()
+
+
+async def test_a_job_batch_is_handed_over_as_its_jobs_and_settled_with_the_last(
+    batch_in_hand, queue_name: str, publisher
+) -> None:
+    consumer, jobs, entries = batch_in_hand
+    assert all(isinstance(job, BatchedJob) for job in jobs)
+    assert [(job.correlation_id, job.reply_to, job.delivered_before) for job in jobs] == [
+        (f"job-{i}", "replies-here", 0) for i in range(JOBS)
+    ]
+    assert [JobHeaders.from_amqp(dict(job.headers)) for job in jobs] == [h for _, h in entries]
+    await consumer.acknowledge(jobs[:-1])  # the message waits for its last job
+    await consumer.close()
     assert await messages_in(publisher, queue_name) == 1
 
 
 async def test_a_job_dead_lettered_takes_its_message_to_the_dead_letter_queue_once_all_are_settled(
-    rabbitmq_url: str, queue_name: str, publisher
+    batch_in_hand, queue_name: str, publisher
 ) -> None:
-    handed = Handed()
-    consumer = await start_consumer(rabbitmq_url, queue_name, handed)
-    try:
-        entries = [(f"job-{i}", claimed(f"{i}" * 64)) for i in range(JOBS)]
-        await publisher.default_exchange.publish(job_batch("replies-here", entries), routing_key=queue_name)
-        await handed.wait_for(JOBS)
-        first, *rest = handed.deliveries
-        await first.dead_letter()  # a job kept for a human: the pipeline does this before the acks
-        await consumer.acknowledge(rest)
-        assert await messages_in(publisher, dead_letter_queue(queue_name)) == 1
-    finally:
-        await consumer.close()
+    consumer, (first, *rest), _ = batch_in_hand
+    await first.dead_letter()  # a job kept for a human: the pipeline does this before the acks
+    await consumer.acknowledge(rest)
+    assert await messages_in(publisher, dead_letter_queue(queue_name)) == 1
+    await consumer.close()
     assert await messages_in(publisher, queue_name) == 0
 
 

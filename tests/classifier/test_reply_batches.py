@@ -86,15 +86,14 @@ async def reply_queue(channel: aio_pika.abc.AbstractChannel) -> tuple[str, Inbox
     return queue.name, inbox
 
 
-async def test_replies_for_one_reply_queue_go_in_one_message_where_the_job_asked(
-    broker, queue_name: str
+async def publish_jobs(
+    channel: aio_pika.abc.AbstractChannel,
+    queue_name: str,
+    jobs: list[tuple[str, bool]],
+    received: list[AmqpDelivery],
 ) -> None:
-    consumer, received, channel = broker
-    first, first_inbox = await reply_queue(channel)
-    second, second_inbox = await reply_queue(channel)
-    # (reply queue, asks for batches): three batchable for the first requester, one for the second
-    # (a batch of one is a plain reply), two from an older requester on the first queue.
-    jobs = [(first, True), (first, True), (second, True), (first, False), (first, True), (first, False)]
+    """Publish ``job-0``, ``job-1``, ... for these (reply queue, asks for reply batches); wait until the
+    consumer has handed them all over."""
     for index, (reply_to, batches) in enumerate(jobs):
         headers = JobHeaders(sha256=SHA, deadline_ms=now_ms() + 30_000, top_k=5, reply_batches=batches)
         await channel.default_exchange.publish(
@@ -106,6 +105,18 @@ async def test_replies_for_one_reply_queue_go_in_one_message_where_the_job_asked
     async with asyncio.timeout(10):
         while len(received) < len(jobs):
             await asyncio.sleep(0.02)
+
+
+async def test_replies_for_one_reply_queue_go_in_one_message_where_the_job_asked(
+    broker, queue_name: str
+) -> None:
+    consumer, received, channel = broker
+    first, first_inbox = await reply_queue(channel)
+    second, second_inbox = await reply_queue(channel)
+    # (reply queue, asks for batches): three batchable for the first requester, one for the second
+    # (a batch of one is a plain reply), two from an older requester on the first queue.
+    jobs = [(first, True), (first, True), (second, True), (first, False), (first, True), (first, False)]
+    await publish_jobs(channel, queue_name, jobs, received)
     answers: list[tuple[Delivery, Reply]] = [
         (d, FailureReply(ErrorCode.INVALID_IMAGE, f"answer to {d.correlation_id}")) for d in received
     ]
@@ -131,17 +142,7 @@ async def test_replies_for_one_reply_queue_go_in_one_message_where_the_job_asked
 async def test_replies_that_cannot_be_published_say_so_and_raise_nothing(broker, queue_name: str) -> None:
     consumer, received, channel = broker
     reply_to, _ = await reply_queue(channel)
-    for index in range(2):
-        headers = JobHeaders(sha256=SHA, deadline_ms=now_ms() + 30_000, top_k=5, reply_batches=True)
-        await channel.default_exchange.publish(
-            aio_pika.Message(
-                b"", correlation_id=f"job-{index}", reply_to=reply_to, headers=headers.to_amqp()
-            ),
-            routing_key=queue_name,
-        )
-    async with asyncio.timeout(10):
-        while len(received) < 2:
-            await asyncio.sleep(0.02)
+    await publish_jobs(channel, queue_name, [(reply_to, True)] * 2, received)
     await consumer.close()  # the connection is gone: the pipeline requeues both jobs
     answers: list[tuple[Delivery, Reply]] = [(d, FailureReply(ErrorCode.EXPIRED, "late")) for d in received]
     assert await consumer.publish_replies(answers) == [False, False]
