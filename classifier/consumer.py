@@ -311,7 +311,8 @@ class Consumer:
         """
         assert self._channel is not None
         log.warning(
-            "a job batch of %d jobs was delivered again (%d times before): sending its jobs one a message",
+            "a job batch of %d jobs was delivered again (%d delivery(ies) before): sending its jobs "
+            "one a message",
             len(jobs),
             delivery.delivered_before,
         )
@@ -330,8 +331,11 @@ class Consumer:
                     timeout=PUBLISH_TIMEOUT_S,
                 )
             await delivery.ack()
-        except Exception as exc:  # noqa: BLE001 - the channel is gone: the broker delivers the batch again
-            log.warning("splitting a job batch failed (%s); it will be delivered again", exc)
+        except Exception as exc:  # noqa: BLE001 - e.g. the channel is gone, or a header AMQP cannot carry
+            log.warning("splitting a job batch failed (%s); it goes back to the queue", exc)
+            # Never held unsettled: back to the queue, counted (the delivery limit bounds the retries).
+            with contextlib.suppress(Exception):
+                await delivery.requeue()
 
     def settled(self, deliveries: Iterable[AmqpDelivery]) -> None:
         """Forget these deliveries' tags: they are being settled (or their channel is gone)."""

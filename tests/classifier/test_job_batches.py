@@ -228,3 +228,33 @@ async def test_the_worker_answers_each_job_of_a_batch(
         pass
     assert await messages_in(jobs.channel, dead_letter_queue(queue_name)) == 1
     assert await messages_in(jobs.channel, queue_name) == 0
+
+
+async def test_a_job_batch_that_cannot_be_split_is_not_held_and_ends_dead_lettered(
+    rabbitmq_url: str, queue_name: str, publisher
+) -> None:
+    """A batch delivered again whose jobs cannot be sent alone (a header AMQP cannot carry: an integer
+    over 64 bits) goes back to the queue each time, counted, until the queue's delivery limit
+    dead-letters it: never held unsettled, never handed to the pipeline."""
+    handed = Handed()
+    await (await start_consumer(rabbitmq_url, queue_name, handed)).close()  # declares the queues
+    entries = [(f"job-{i}", claimed(f"{i}" * 64)) for i in range(2)]
+    body = encode_job_batch(entries).replace(b'"top_k":5', b'"top_k":5,"huge":' + str(10**30).encode(), 1)
+    await publisher.default_exchange.publish(
+        aio_pika.Message(body, content_type=JOB_BATCH_CONTENT_TYPE, reply_to="x"), routing_key=queue_name
+    )
+    lost = await aio_pika.connect(rabbitmq_url)
+    queue = await (await lost.channel()).get_queue(queue_name, ensure=False)
+    await queue.get(no_ack=False, timeout=5)
+    await lost.close()  # delivered once: the next delivery is split
+
+    consumer = await start_consumer(rabbitmq_url, queue_name, handed)
+    try:
+        deadline = time.monotonic() + 15
+        while await messages_in(publisher, dead_letter_queue(queue_name)) < 1 and time.monotonic() < deadline:
+            pass
+        assert await messages_in(publisher, dead_letter_queue(queue_name)) == 1
+        assert await messages_in(publisher, queue_name) == 0
+        assert handed.deliveries == []
+    finally:
+        await consumer.close()
