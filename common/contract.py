@@ -46,6 +46,9 @@ HEADER_EARLIER_DELIVERIES = "earlier_deliveries"
 # "headers": {<the job's headers>}}, ...]}``, all for the message's reply_to and all with their image
 # in Redis (HEADER_IMAGE_IN_REDIS), so the body is small. The message has no correlation_id.
 JOB_BATCH_CONTENT_TYPE = "application/vnd.classify.job-batch+json"
+# The most jobs one job batch may carry (MAX_JOBS_PER_MESSAGE is at most this): a worker refuses a
+# bigger one as malformed rather than take thousands of jobs in hand from one message.
+MAX_JOBS_IN_A_BATCH = 64
 
 # The content type of a reply batch: ``{"replies": {"<correlation id>": <reply>, ...}}``, each
 # reply the JSON a single reply message would carry. A reply batch has no correlation_id.
@@ -261,6 +264,8 @@ def parse_job_batch(body: bytes) -> list[tuple[str, dict[str, Any]]]:
         entries = json.loads(body)["jobs"]
         if not isinstance(entries, list) or not entries:
             raise TypeError("jobs is not a non-empty list")
+        if len(entries) > MAX_JOBS_IN_A_BATCH:
+            raise ValueError(f"{len(entries)} jobs, more than {MAX_JOBS_IN_A_BATCH}")
         jobs = [(entry["correlation_id"], entry["headers"]) for entry in entries]
     except (ValueError, KeyError, TypeError) as exc:
         raise ContractError(f"malformed job batch: {exc}") from exc

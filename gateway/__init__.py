@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from common.contract import MAX_JOBS_IN_A_BATCH
 from common.settings import Settings
 from gateway.admission import Admission
 from gateway.cache import ResultCache
@@ -50,9 +51,10 @@ def check_settings(settings: Settings) -> None:
         raise ConfigurationError(
             f"KEEPALIVE_MAX_REQUESTS={settings.keepalive_max_requests} must be 0 (no limit) or more."
         )
-    if settings.max_jobs_per_message < 1:
+    if not 1 <= settings.max_jobs_per_message <= MAX_JOBS_IN_A_BATCH:
         raise ConfigurationError(
-            f"MAX_JOBS_PER_MESSAGE={settings.max_jobs_per_message} must be at least 1 (1: a job a message)."
+            f"MAX_JOBS_PER_MESSAGE={settings.max_jobs_per_message} must be 1 (a job a message) to "
+            f"{MAX_JOBS_IN_A_BATCH}."
         )
     if settings.image_transport not in IMAGE_TRANSPORTS:
         raise ConfigurationError(

@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from common.contract import (
     HEADER_REPLY_BATCHES,
     JOB_BATCH_CONTENT_TYPE,
+    MAX_JOBS_IN_A_BATCH,
     REPLY_BATCH_CONTENT_TYPE,
     JobHeaders,
     ModelInfo,
@@ -28,6 +29,7 @@ from common.contract import (
     parse_job_batch,
 )
 from common.settings import Settings
+from gateway import ConfigurationError, check_settings
 from gateway.rpc import DeadlineExceeded, MalformedReply, RpcClient
 
 
@@ -214,3 +216,12 @@ async def test_a_job_with_its_image_in_the_message_goes_alone(gateway_settings: 
     batching = dataclasses.replace(gateway_settings, max_jobs_per_message=8)
     messages, _ = await publish_together(batching, 3, body=b"\xff\xd8 an image")
     assert [(m.content_type, m.body) for m in messages] == [("image/jpeg", b"\xff\xd8 an image")] * 3
+
+
+@pytest.mark.parametrize("jobs", [0, MAX_JOBS_IN_A_BATCH + 1])
+def test_the_gateway_refuses_a_max_jobs_per_message_a_worker_would_refuse(
+    gateway_settings: Settings, jobs: int
+) -> None:
+    check_settings(dataclasses.replace(gateway_settings, max_jobs_per_message=MAX_JOBS_IN_A_BATCH))
+    with pytest.raises(ConfigurationError, match=f"MAX_JOBS_PER_MESSAGE={jobs} must be 1"):
+        check_settings(dataclasses.replace(gateway_settings, max_jobs_per_message=jobs))

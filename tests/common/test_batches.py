@@ -1,5 +1,6 @@
-"""The reply batch in the message contract: encoding, parsing, and the job header that asks for it
-(pure logic, no services; the real broker's side is in tests/classifier/test_reply_batches.py)."""
+"""Reply batches and job batches in the message contract: encoding, parsing, the header that asks for
+reply batches (pure logic, no services; the real broker's side: tests/classifier/test_reply_batches.py,
+tests/classifier/test_job_batches.py, tests/gateway/test_rpc_batches.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from common.contract import (
     HEADER_REPLY_BATCHES,
+    MAX_JOBS_IN_A_BATCH,
     ContractError,
     ErrorCode,
     FailureReply,
@@ -16,7 +18,9 @@ from common.contract import (
     ModelInfo,
     Prediction,
     SuccessReply,
+    encode_job_batch,
     encode_reply_batch,
+    parse_job_batch,
     parse_reply_batch,
 )
 
@@ -62,3 +66,37 @@ def test_the_header_travels_only_when_set() -> None:
     assert JobHeaders.from_amqp(asked.to_amqp()).reply_batches is True
     with pytest.raises(ContractError, match="reply_batches"):
         JobHeaders.from_amqp({**plain.to_amqp(), HEADER_REPLY_BATCHES: "yes"})
+
+
+def test_a_job_batch_gives_back_each_job_in_order() -> None:
+    jobs = [
+        (f"job-{i}", JobHeaders(sha256=SHA, deadline_ms=i, top_k=5, image_in_redis=True)) for i in range(3)
+    ]
+    parsed = parse_job_batch(encode_job_batch(jobs))
+    assert [(cid, JobHeaders.from_amqp(headers)) for cid, headers in parsed] == jobs
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"[]",
+        b'{"jobs": []}',
+        b'{"jobs": "x"}',
+        b'{"jobs": [{"headers": {}}]}',
+        b'{"jobs": [{"correlation_id": 7, "headers": {}}]}',
+        b'{"jobs": [{"correlation_id": "a", "headers": []}]}',
+    ],
+)
+def test_a_malformed_job_batch_is_a_contract_error(body: bytes) -> None:
+    with pytest.raises(ContractError):
+        parse_job_batch(body)
+
+
+def test_a_job_batch_over_the_limit_is_refused() -> None:
+    headers = JobHeaders(sha256=SHA, deadline_ms=1, top_k=5, image_in_redis=True)
+    assert (
+        len(parse_job_batch(encode_job_batch([("j", headers)] * MAX_JOBS_IN_A_BATCH))) == MAX_JOBS_IN_A_BATCH
+    )
+    with pytest.raises(ContractError, match="more than"):
+        parse_job_batch(encode_job_batch([("j", headers)] * (MAX_JOBS_IN_A_BATCH + 1)))
