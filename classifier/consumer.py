@@ -27,6 +27,7 @@ from aio_pika.abc import (
 
 from common.broker import backoff_delay, connect_until_up
 from common.contract import (
+    HEADER_DEADLINE_MS,
     HEADER_EARLIER_DELIVERIES,
     HEADER_REPLY_BATCHES,
     JOB_BATCH_CONTENT_TYPE,
@@ -127,7 +128,7 @@ class AmqpDelivery:
     @property
     def delivered_before(self) -> int:
         # The broker's count, plus the deliveries of the job batch it was split from, if it was.
-        return _count(self.headers.get(DELIVERY_COUNT_HEADER)) + _count(
+        return _int_header(self.headers.get(DELIVERY_COUNT_HEADER)) + _int_header(
             self.headers.get(HEADER_EARLIER_DELIVERIES)
         )
 
@@ -318,7 +319,7 @@ class Consumer:
         )
         try:
             for correlation_id, headers in jobs:
-                ms_left = _count(headers.get("deadline_ms")) - now_ms()
+                ms_left = _int_header(headers.get(HEADER_DEADLINE_MS)) - now_ms()
                 await self._channel.default_exchange.publish(
                     aio_pika.Message(
                         b"",
@@ -510,8 +511,8 @@ class Consumer:
                 log.warning("closing the RabbitMQ connection: %s", exc)
 
 
-def _count(value: object) -> int:
-    """A count from a message header: 0 when absent or not a number."""
+def _int_header(value: object) -> int:
+    """A header's integer value: 0 when absent or not a number."""
     try:
         return int(value)  # type: ignore[call-overload,no-any-return]
     except (TypeError, ValueError):

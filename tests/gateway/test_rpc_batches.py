@@ -8,8 +8,10 @@ answers them together, the way a worker answers a batch (classifier.consumer.Con
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
+from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
@@ -33,6 +35,21 @@ from gateway import ConfigurationError, check_settings
 from gateway.rpc import DeadlineExceeded, MalformedReply, RpcClient
 
 
+@contextlib.asynccontextmanager
+async def rpc_and_stand_in(
+    settings: Settings,
+) -> AsyncIterator[tuple[RpcClient, aio_pika.abc.AbstractChannel]]:
+    """The gateway's RPC client, started, and a channel of the stand-in worker's own connection."""
+    rpc = RpcClient(settings)
+    await rpc.start(wait_s=15)
+    worker = await aio_pika.connect(settings.rabbitmq_url)
+    try:
+        yield rpc, await worker.channel()
+    finally:
+        await worker.close()
+        await rpc.close()
+
+
 def _success(sha256: str) -> SuccessReply:
     return SuccessReply(
         sha256=sha256,
@@ -44,11 +61,7 @@ def _success(sha256: str) -> SuccessReply:
 
 
 async def test_one_reply_batch_answers_each_caller_with_its_own_reply(gateway_settings: Settings) -> None:
-    rpc = RpcClient(gateway_settings)
-    await rpc.start(wait_s=15)
-    worker = await aio_pika.connect(gateway_settings.rabbitmq_url)
-    try:
-        channel = await worker.channel()
+    async with rpc_and_stand_in(gateway_settings) as (rpc, channel):
         jobs: list[AbstractIncomingMessage] = []
         all_in = asyncio.Event()
 
@@ -94,19 +107,12 @@ async def test_one_reply_batch_answers_each_caller_with_its_own_reply(gateway_se
         with pytest.raises(DeadlineExceeded):
             await asyncio.wait_for(calls[2], 10)
         assert rpc.in_flight == 0
-    finally:
-        await worker.close()
-        await rpc.close()
 
 
 async def test_a_malformed_reply_batch_breaks_nothing(gateway_settings: Settings) -> None:
     """A batch that cannot be read is dropped (its callers wait for their deadline); the reply queue's
     consumer goes on, and the next reply is delivered."""
-    rpc = RpcClient(gateway_settings)
-    await rpc.start(wait_s=15)
-    worker = await aio_pika.connect(gateway_settings.rabbitmq_url)
-    try:
-        channel = await worker.channel()
+    async with rpc_and_stand_in(gateway_settings) as (rpc, channel):
         taken: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         queue = await channel.get_queue(gateway_settings.queue_name)
         await queue.consume(taken.put, no_ack=True)
@@ -133,9 +139,6 @@ async def test_a_malformed_reply_batch_breaks_nothing(gateway_settings: Settings
             routing_key=job.reply_to,
         )
         assert await asyncio.wait_for(call, 5) == _success(sha)
-    finally:
-        await worker.close()
-        await rpc.close()
 
 
 async def publish_together(
@@ -143,11 +146,7 @@ async def publish_together(
 ) -> tuple[list[AbstractIncomingMessage], list[SuccessReply]]:
     """``jobs`` calls started at once (images in Redis unless ``body``); what the request queue
     received, and each call's reply once the stand-in worker answered every job in one reply batch."""
-    rpc = RpcClient(settings)
-    await rpc.start(wait_s=15)
-    worker = await aio_pika.connect(settings.rabbitmq_url)
-    try:
-        channel = await worker.channel()
+    async with rpc_and_stand_in(settings) as (rpc, channel):
         messages: list[AbstractIncomingMessage] = []
         entries: list[tuple[str, str]] = []  # (correlation id, sha256) of every job received
         all_in = asyncio.Event()
@@ -187,9 +186,6 @@ async def publish_together(
         replies = await asyncio.wait_for(asyncio.gather(*calls), 10)
         assert replies == [_success(sha) for sha in shas]  # each caller its own
         return messages, replies
-    finally:
-        await worker.close()
-        await rpc.close()
 
 
 async def test_jobs_that_arrive_together_go_out_in_one_message(gateway_settings: Settings) -> None:
