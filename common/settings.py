@@ -84,9 +84,9 @@ class Settings:
     # is unavailable) or "inline" (always in the message). docs/DESIGN.md, "Images in Redis".
     image_transport: str = "redis"
     # Above 1, the gateway publishes the jobs (images in Redis) that arrive while its last publish
-    # awaits the broker's confirm together, up to this many in one message. Off by default: it saves
-    # the broker a third for a light model, and costs a heavy one throughput (docs/DESIGN.md, "Job batches").
-    max_jobs_per_message: int = 1
+    # awaits the broker's confirm together, dealt over the request queue's consumers, up to this many
+    # in one message; 1: a job a message. docs/DESIGN.md, "Job batches".
+    max_jobs_per_message: int = 8
     # RabbitMQ's max_message_size (128 MiB by default in 3.10): MAX_UPLOAD_MB must fit in it.
     broker_max_message_mb: float = 128.0
     # Decoded images above this many pixels are refused (decompression bombs).

@@ -84,7 +84,7 @@ def init_app(settings: Settings) -> web.Application:
         settings.upload_dir, quota_bytes=int(settings.upload_store_mb * 1024 * 1024), metrics=metrics
     )
     cache = ResultCache(settings.redis_url, settings.queue_name)
-    rpc = RpcClient(settings)
+    rpc = RpcClient(settings, on_published=metrics.jobs_per_message.observe)
     metrics.process.info({"pid": str(os.getpid()), "reply_queue": rpc.reply_queue})
     admission = Admission(settings, metrics)
     app[GATEWAY] = Gateway(

@@ -79,6 +79,13 @@ class GatewayMetrics:
             ["image"],
             registry=r,
         )
+        # Job batches: how many jobs each published message carried (1: a job alone).
+        self.jobs_per_message = Histogram(
+            "gateway_jobs_per_message",
+            "Jobs in each message published to the workers (a job batch carries several)",
+            buckets=(1, 2, 3, 4, 6, 8, 16, 32, 64),
+            registry=r,
+        )
         self.shared_flights = Counter(
             "gateway_singleflight_joined_total",
             "Predictions that joined an identical one in flight",

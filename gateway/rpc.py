@@ -17,8 +17,9 @@ import secrets
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
@@ -41,6 +42,8 @@ from common.topology import declare_request_queue, request_queue_arguments
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # A healthy broker confirms a publish in milliseconds; one that takes longer is treated as down.
 PUBLISH_CONFIRM_TIMEOUT_S = 5.0
 # Bound on one readiness probe round trip.
@@ -49,6 +52,13 @@ PROBE_TIMEOUT_S = 2.0
 FULL_VERDICT_S = 1.0
 # Room for a job's properties and headers on top of its body within the broker's max_message_size.
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
+# How long the count of the request queue's consumers stands before job batches ask the broker again.
+CONSUMERS_TTL_S = 2.0
+# A job batch is dealt over the workers only in shares of at least this many jobs (perf/FINDINGS.md 14).
+LEAST_JOBS_A_SHARE = 2
+# How long the outbox waits for company while every worker is busy anyway (a job then waits for a
+# running batch, far longer than this): more jobs a message, less broker work (perf/FINDINGS.md 14).
+OUTBOX_LINGER_S = 0.004
 
 
 class RpcError(Exception):
@@ -96,6 +106,15 @@ def _unconfirmed(deadline_ms: int) -> RpcError:
     return BrokerUnavailable("RabbitMQ did not confirm the job in time")
 
 
+def deal(jobs: list[T], ways: int, most: int, least: int = LEAST_JOBS_A_SHARE) -> list[list[T]]:
+    """The jobs dealt like cards over ``ways`` messages, fewer if a share would hold under ``least``
+    jobs, more if one would hold over ``most``. RabbitMQ dispatches messages, not jobs, and a worker's
+    prefetch counts messages: dealt, each consumer gets its share of a burst instead of one taking it
+    all; a few jobs stay together, as the broker's cost is per message."""
+    count = max(min(ways, len(jobs) // least), -(-len(jobs) // most))
+    return [jobs[i::count] for i in range(count) if jobs[i::count]]
+
+
 def reply_queue_name() -> str:
     """``gateway.reply.<host>.<pid>.<random>``: unique per process, stable across reconnects."""
     return f"gateway.reply.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
@@ -104,8 +123,10 @@ def reply_queue_name() -> str:
 class RpcClient:
     """Publishes jobs to the request queue and matches replies to waiting callers by correlation id."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_published: Callable[[int], object] | None = None) -> None:
         self.settings = settings
+        # Told the number of jobs of each message the broker confirmed (the gateway's histogram).
+        self._on_published = on_published
         self.reply_queue = reply_queue_name()
         self._addresses = settings.rabbitmq_addresses  # a malformed RABBITMQ_URL fails here, at start
         self._connection: AbstractRobustConnection | None = None
@@ -118,6 +139,10 @@ class RpcClient:
         # Jobs (images in Redis) waiting to be published together; one publish of them at a time.
         self._outbox: list[_Outgoing] = []
         self._flushing: asyncio.Task[None] | None = None
+        # Consumers on the request queue when last asked: over how many messages a group is dealt.
+        self._consumers = 1
+        self._consumers_asked_at = float("-inf")
+        self._asking: asyncio.Task[int | None] | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -132,8 +157,9 @@ class RpcClient:
             await asyncio.wait_for(self._ready.wait(), wait_s)
 
     async def close(self) -> None:
-        if self._flushing is not None:
-            self._flushing.cancel()
+        for task in (self._flushing, self._asking):
+            if task is not None:
+                task.cancel()
         outbox, self._outbox = self._outbox, []
         for job in outbox:
             if not job.confirmed.done():
@@ -223,9 +249,10 @@ class RpcClient:
                     self.settings.queue_name, durable=True, arguments=request_queue_arguments(self.settings)
                 )
         except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
-            log.warning("readiness probe of %r failed: %s", self.settings.queue_name, exc)
+            log.warning("asking RabbitMQ for the consumers of %r failed: %s", self.settings.queue_name, exc)
             return None
-        return int(ok.consumer_count or 0)
+        self._consumers, self._consumers_asked_at = int(ok.consumer_count or 0), time.monotonic()
+        return self._consumers
 
     # -- calls -----------------------------------------------------------
 
@@ -250,6 +277,7 @@ class RpcClient:
                 await self._publish(
                     self._job_message(correlation_id, body, content_type, headers), headers.deadline_ms
                 )
+                self._published(1)
             try:
                 async with asyncio.timeout(max(headers.ms_left(), 0) / 1000):
                     return await future
@@ -295,25 +323,47 @@ class RpcClient:
             raise _unconfirmed(headers.deadline_ms) from None
 
     async def _flush_outbox(self) -> None:
-        """Publish the outbox, one message at a time, up to MAX_JOBS_PER_MESSAGE jobs in each."""
+        """Publish the outbox: the jobs waiting go out dealt over one message per consumer of the
+        request queue, at most MAX_JOBS_PER_MESSAGE in each, and published together. While the
+        workers are all busy, the outbox first waits OUTBOX_LINGER_S for more jobs to join."""
         while self._outbox:
-            size = self.settings.max_jobs_per_message
-            taken, self._outbox = self._outbox[:size], self._outbox[size:]
+            self._recount_consumers()
+            ways = max(self._consumers, 1)
+            if len(self._pending) - len(self._outbox) >= ways:  # as many jobs out as there are workers
+                await asyncio.sleep(OUTBOX_LINGER_S)
+            most = self.settings.max_jobs_per_message
+            taken, self._outbox = self._outbox[: most * ways], self._outbox[most * ways :]
             # A caller that gave up (its request was cancelled) no longer waits: its job is not sent.
             group = [job for job in taken if job.correlation_id in self._pending]
-            if not group:
-                continue
-            try:
-                await self._publish(*self._batch_message(group))
-            except Exception as exc:  # noqa: BLE001 - whatever it was, each caller hears of it
-                why = exc if isinstance(exc, RpcError) else BrokerUnavailable(f"publishing failed: {exc!r}")
-                for job in group:
-                    if not job.confirmed.done() and job.correlation_id in self._pending:
-                        job.confirmed.set_exception(type(why)(str(why)))
-            else:
-                for job in group:
-                    if not job.confirmed.done():
-                        job.confirmed.set_result(None)
+            await asyncio.gather(*(self._publish_jobs(part) for part in deal(group, ways, most)))
+
+    async def _publish_jobs(self, jobs: list[_Outgoing]) -> None:
+        """Publish one message of the outbox's jobs; tell each caller it was confirmed, or why not."""
+        try:
+            await self._publish(*self._batch_message(jobs))
+        except Exception as exc:  # noqa: BLE001 - whatever it was, each caller hears of it
+            why = exc if isinstance(exc, RpcError) else BrokerUnavailable(f"publishing failed: {exc!r}")
+            for job in jobs:
+                if not job.confirmed.done() and job.correlation_id in self._pending:
+                    job.confirmed.set_exception(type(why)(str(why)))
+        else:
+            self._published(len(jobs))
+            for job in jobs:
+                if not job.confirmed.done():
+                    job.confirmed.set_result(None)
+
+    def _published(self, jobs: int) -> None:
+        if self._on_published is not None:
+            self._on_published(jobs)
+
+    def _recount_consumers(self) -> None:
+        """Ask the broker for the request queue's consumers in the background once the last count is
+        old (workers come and go); meanwhile the outbox is dealt by the last count."""
+        if time.monotonic() - self._consumers_asked_at < CONSUMERS_TTL_S:
+            return
+        if self._asking is None or self._asking.done():
+            self._consumers_asked_at = time.monotonic()  # one probe per TTL, even if it fails
+            self._asking = asyncio.create_task(self.consumer_count(), name="rpc-consumers")
 
     def _batch_message(self, group: list[_Outgoing]) -> tuple[aio_pika.Message, int]:
         """One job as it always went, or a job batch; and the deadline its publish may use."""

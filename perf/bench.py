@@ -572,7 +572,7 @@ def main() -> None:
     e2e: dict[str, dict[str, LoadRun]] = {}
     one_client: dict[str, OneClient] = {}
     rounds: dict[str, Rounds] = {}
-    rtt = points = shed_at = profiled = None
+    rtt = points = shed_at = shed_at_most = profiled = None
     hit_runs: list[LoadRun] = []
     stack = b.stack
     try:
@@ -611,7 +611,8 @@ def main() -> None:
             with b.phase("stress"):
                 points = stress.stress(stack, INT8_MODEL, list(LAYOUTS), args.stress_users, seconds=args.stress_seconds,
                                        photo_dir=b.photo_dir, max_batch=8, out_dir=run_dir / "stress")  # fmt: skip
-            shed_at = {lay.name: stress.shed_point(Settings.from_env(), lay, 8) for lay in LAYOUTS}
+            shed = {lay.name: stress.shed_point(Settings.from_env(), lay, 8) for lay in LAYOUTS}
+            shed_at, shed_at_most = ({name: bounds[i] for name, bounds in shed.items()} for i in (0, 1))
         if not args.no_profile and b.wants("profile"):
             log("profiling the gateway and a worker (py-spy) under Lite0 fp32 cache misses")
             with b.phase("profiles"):
@@ -650,6 +651,7 @@ def main() -> None:
         broker_rtt=rtt,
         stress=points,
         shed_at=shed_at,
+        shed_at_most=shed_at_most,
         profile=profiled,
         scale_out=scaled,
         # The benchmark's own time; the optional wait for a quiet machine is reported apart.

@@ -33,6 +33,7 @@ from devtools.processes import REPO_ROOT, ServiceProcess, free_port, http_ok, se
 from perf.loadgen import BOUNDARY, multipart
 from perf.pipeline import idle_cores
 from perf.profile import PY_SPY
+from perf.scrape import delta, mean_of, scrape
 from perf.services import RABBITMQ_PORT, REDIS_PORT, delete_queues
 from perf.stats import CpuMeter, cpu_ms_per_request, listening_pids
 
@@ -147,6 +148,8 @@ def main() -> None:
                         "redis": listening_pids(REDIS_PORT),
                     }
                 )
+                metrics_url = f"http://127.0.0.1:{port}/metrics"
+                before = scrape(metrics_url)
                 meter.start()
                 t0 = time.perf_counter()
                 statuses = asyncio.run(
@@ -154,6 +157,8 @@ def main() -> None:
                 )
                 elapsed = time.perf_counter() - t0
                 cores = meter.stop()
+                # A gateway of a commit before job batches has no such histogram: nan.
+                per_message = mean_of(delta(scrape(metrics_url), before), "gateway_jobs_per_message")
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(30)
@@ -163,7 +168,7 @@ def main() -> None:
                 print(
                     f"round {round_ + 1} gateway{i} ({name}): CPU ms per miss "
                     + ", ".join(f"{part} {ms[part]:.2f}" for part in PARTS)
-                    + f"; {rps:.0f} req/s, statuses {statuses}, others {cores['others']:.2f} cores, "
+                    + f"; {rps:.0f} req/s, {per_message:.2f} jobs a message, statuses {statuses}, others {cores['others']:.2f} cores, "
                     f"load average {os.getloadavg()[0]:.2f}",
                     flush=True,
                 )

@@ -390,7 +390,8 @@ class Results:
     waited_for_quiet_s: float | None = None
     broker_rtt: BrokerRtt | None = None
     stress: list[StressPoint] | None = None
-    shed_at: dict[str, int] | None = None
+    shed_at: dict[str, int] | None = None  # requests held before the first 503, a job a message
+    shed_at_most: dict[str, int] | None = None  # ... every message a full job batch
     profile: dict[str, Profile] | None = None
     scale_out: ScaleOut | None = None
     ratios: list[Bar] = field(default_factory=list)

@@ -182,9 +182,12 @@ def stress(
     return points
 
 
-def shed_point(settings: Settings, layout: Layout, max_batch: int) -> int:
-    """Requests the system holds before the queue refuses: what workers prefetch plus the queue bound."""
-    return layout.workers * 2 * max_batch + settings.queue_max_length
+def shed_point(settings: Settings, layout: Layout, max_batch: int) -> tuple[int, int]:
+    """Requests the system holds before the queue refuses: what workers prefetch plus the queue bound.
+    Both count messages, so: at least that many (a job a message), at most MAX_JOBS_PER_MESSAGE times
+    as many (every message a full job batch)."""
+    messages = layout.workers * 2 * max_batch + settings.queue_max_length
+    return messages, messages * settings.max_jobs_per_message
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aio_pika
 import pytest
@@ -32,15 +32,15 @@ from common.contract import (
 )
 from common.settings import Settings
 from gateway import ConfigurationError, check_settings
-from gateway.rpc import DeadlineExceeded, MalformedReply, RpcClient
+from gateway.rpc import DeadlineExceeded, MalformedReply, RpcClient, deal
 
 
 @contextlib.asynccontextmanager
 async def rpc_and_stand_in(
-    settings: Settings,
+    settings: Settings, on_published: Callable[[int], object] | None = None
 ) -> AsyncIterator[tuple[RpcClient, aio_pika.abc.AbstractChannel]]:
     """The gateway's RPC client, started, and a channel of the stand-in worker's own connection."""
-    rpc = RpcClient(settings)
+    rpc = RpcClient(settings, on_published=on_published)
     await rpc.start(wait_s=15)
     worker = await aio_pika.connect(settings.rabbitmq_url)
     try:
@@ -142,11 +142,17 @@ async def test_a_malformed_reply_batch_breaks_nothing(gateway_settings: Settings
 
 
 async def publish_together(
-    settings: Settings, jobs: int, *, body: bytes = b""
+    settings: Settings,
+    jobs: int,
+    *,
+    body: bytes = b"",
+    consumers: int = 1,
+    on_published: Callable[[int], object] | None = None,
 ) -> tuple[list[AbstractIncomingMessage], list[SuccessReply]]:
     """``jobs`` calls started at once (images in Redis unless ``body``); what the request queue
-    received, and each call's reply once the stand-in worker answered every job in one reply batch."""
-    async with rpc_and_stand_in(settings) as (rpc, channel):
+    received, and each call's reply once the stand-in worker (``consumers`` consumers on the queue,
+    which the gateway has counted) answered every job in one reply batch."""
+    async with rpc_and_stand_in(settings, on_published) as (rpc, channel):
         messages: list[AbstractIncomingMessage] = []
         entries: list[tuple[str, str]] = []  # (correlation id, sha256) of every job received
         all_in = asyncio.Event()
@@ -162,7 +168,10 @@ async def publish_together(
             if len(entries) == jobs:
                 all_in.set()
 
-        await (await channel.get_queue(settings.queue_name)).consume(take, no_ack=True)
+        queue = await channel.get_queue(settings.queue_name)
+        for _ in range(consumers):
+            await queue.consume(take, no_ack=True)
+        assert await rpc.consumer_count() == consumers
         shas = [uuid.uuid4().hex + uuid.uuid4().hex for _ in range(jobs)]
         calls = [
             asyncio.create_task(
@@ -201,9 +210,41 @@ async def test_a_message_carries_at_most_max_jobs_per_message(gateway_settings: 
     assert [len(parse_job_batch(m.body)) for m in messages] == [4, 2]
 
 
-async def test_one_job_a_message_by_default(gateway_settings: Settings) -> None:
-    assert gateway_settings.max_jobs_per_message == 1
-    messages, _ = await publish_together(gateway_settings, 4)
+@pytest.mark.parametrize(
+    ("consumers", "most", "jobs", "sizes"),
+    [(2, 8, 6, [3, 3]), (3, 8, 5, [3, 2]), (3, 8, 3, [3]), (3, 2, 7, [2, 2, 2, 1])],
+)
+async def test_jobs_that_arrive_together_are_dealt_over_the_consumers(
+    gateway_settings: Settings, consumers: int, most: int, jobs: int, sizes: list[int]
+) -> None:
+    """One message per consumer (RabbitMQ hands out messages, not jobs), fewer if a share would hold
+    under two jobs, more if one would hold over MAX_JOBS_PER_MESSAGE: each worker gets its share of
+    the jobs that arrived together."""
+    batching = dataclasses.replace(gateway_settings, max_jobs_per_message=most)
+    messages, _ = await publish_together(batching, jobs, consumers=consumers)
+    jobs_in = [
+        len(parse_job_batch(m.body)) if m.content_type == JOB_BATCH_CONTENT_TYPE else 1 for m in messages
+    ]
+    assert sorted(jobs_in, reverse=True) == sizes
+
+
+def test_deal_keeps_every_job_once_and_evens_the_shares() -> None:
+    for jobs in range(20):
+        for ways in range(1, 5):
+            for most in range(1, 9):
+                for least in (1, 2, 3):
+                    group = list(range(jobs))
+                    parts = deal(group, ways, most, least)
+                    assert sorted(job for part in parts for job in part) == group
+                    assert all(0 < len(part) <= most for part in parts)
+                    assert len(parts) == max(min(ways, jobs // least), -(-jobs // most))
+                    if len(parts) > 1 and len(parts) <= jobs // least:  # not split further for ``most``
+                        assert all(len(part) >= least for part in parts)
+                    assert max(map(len, parts), default=0) - min(map(len, parts), default=0) <= 1
+
+
+async def test_one_job_a_message_with_max_jobs_per_message_1(gateway_settings: Settings) -> None:
+    messages, _ = await publish_together(dataclasses.replace(gateway_settings, max_jobs_per_message=1), 4)
     assert [m.content_type for m in messages] == ["image/jpeg"] * 4
     assert all(m.correlation_id for m in messages)
 
