@@ -248,8 +248,8 @@ class RpcClient:
                 ok = await channel.queue_declare(
                     self.settings.queue_name, durable=True, arguments=request_queue_arguments(self.settings)
                 )
-        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
-            log.warning("asking RabbitMQ for the consumers of %r failed: %s", self.settings.queue_name, exc)
+        except Exception as exc:  # noqa: BLE001 - also a channel closed under the probe (aiormq: a bare Exception)
+            log.warning("asking RabbitMQ for the consumers of %r failed: %r", self.settings.queue_name, exc)
             return None
         self._consumers, self._consumers_asked_at = int(ok.consumer_count or 0), time.monotonic()
         return self._consumers
