@@ -612,7 +612,8 @@ def main() -> None:
                 points = stress.stress(stack, INT8_MODEL, list(LAYOUTS), args.stress_users, seconds=args.stress_seconds,
                                        photo_dir=b.photo_dir, max_batch=8, out_dir=run_dir / "stress")  # fmt: skip
             shed = {lay.name: stress.shed_point(Settings.from_env(), lay, 8) for lay in LAYOUTS}
-            shed_at, shed_at_most = ({name: bounds[i] for name, bounds in shed.items()} for i in (0, 1))
+            shed_at = {name: least for name, (least, _) in shed.items()}
+            shed_at_most = {name: most for name, (_, most) in shed.items()}
         if not args.no_profile and b.wants("profile"):
             log("profiling the gateway and a worker (py-spy) under Lite0 fp32 cache misses")
             with b.phase("profiles"):

@@ -32,6 +32,7 @@ from tests.classifier.conftest import JobClient
 from tests.classifier.test_worker import sha, unique_jpeg
 from tests.support import rabbitmq_api
 from tests.support.metrics import scrape, total
+from tests.support.tally import Tally
 
 JOBS = 3
 
@@ -44,22 +45,19 @@ def job_batch(reply_to: str, entries: list[tuple[str, JobHeaders]]) -> aio_pika.
     return aio_pika.Message(encode_job_batch(entries), content_type=JOB_BATCH_CONTENT_TYPE, reply_to=reply_to)
 
 
-class Handed:
+class Handed(Tally):
     """What the consumer hands the pipeline."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.deliveries: list[Delivery] = []
-        self.changed = asyncio.Event()
+
+    def size(self) -> int:
+        return len(self.deliveries)
 
     async def handle(self, delivery: Delivery) -> None:
         self.deliveries.append(delivery)
-        self.changed.set()
-
-    async def wait_for(self, count: int) -> None:
-        async with asyncio.timeout(10):
-            while len(self.deliveries) < count:
-                self.changed.clear()
-                await self.changed.wait()
+        self.arrived()
 
 
 @pytest.fixture

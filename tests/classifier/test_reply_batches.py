@@ -27,17 +27,21 @@ from common.contract import (
     parse_reply_batch,
 )
 from common.settings import Settings
+from tests.support.tally import Tally
 
 SHA = "c" * 64
 
 
-class Inbox:
+class Inbox(Tally):
     """What one reply queue receives: every message, and the replies in them by correlation id."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.messages: list[AbstractIncomingMessage] = []
         self.replies: dict[str, Reply] = {}
-        self.changed = asyncio.Event()
+
+    def size(self) -> int:
+        return len(self.replies)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         self.messages.append(message)
@@ -47,13 +51,7 @@ class Inbox:
                 self.replies[correlation_id] = reply
         else:
             self.replies[str(message.correlation_id)] = parse_reply(message.body)
-        self.changed.set()
-
-    async def wait_for(self, count: int) -> None:
-        async with asyncio.timeout(10):
-            while len(self.replies) < count:
-                self.changed.clear()
-                await self.changed.wait()
+        self.arrived()
 
 
 @pytest.fixture
